@@ -1,0 +1,236 @@
+"""The training loop: one epoch works, runs are reproducible, resume is exact, divergence is caught."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from train import ConfigError, TrainConfig, TrainingDiverged, fit, load_cifar10
+from train.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from train.config import build_parser, config_from_args
+from train.trainer import HISTORY_FILE, TIMING_KEYS, lr_factor, resolution_at
+
+REPO = Path(__file__).resolve().parent.parent
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(single_torch_thread):
+    """Before every other module fixture: the reference runs use one thread too."""
+HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds",
+                "images_per_second", "resolution"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_cifar):
+    return load_cifar10(tiny_cifar.archive)
+
+
+def tiny_config(tiny_cifar, out: Path, **overrides) -> TrainConfig:
+    # 40 images, batches of 10: 4 steps per epoch, at 8 px rising to 24 px, so a step is cheap on CPU.
+    values = dict(data=str(tiny_cifar.archive), out=str(out), epochs=2, batch_size=10, min_res=8,
+                  res_ramp_start=0.5, res_ramp_end=1.0, eval_batch_size=30)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+def final_state(out: Path) -> dict:
+    ckpt = load_checkpoint(out / CHECKPOINT_FILE)
+    return {"model": ckpt["model"], "ema": ckpt["ema"], "history": ckpt["history"], "finished": ckpt["finished"]}
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_cifar, tiny_data, tmp_path_factory):
+    """An uninterrupted two-epoch run: what every other run must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    result = fit(tiny_config(tiny_cifar, out), data=tiny_data, show_progress=False)
+    return out, result
+
+
+def test_one_epoch_trains_and_writes_history_and_checkpoint(tiny_cifar, tiny_data, tmp_path):
+    out = tmp_path / "one"
+    result = fit(tiny_config(tiny_cifar, out, epochs=1, res_ramp_start=0.25, res_ramp_end=0.75, eval_images=12),
+                 data=tiny_data, show_progress=False)
+    assert result.finished
+    history = json.loads((out / HISTORY_FILE).read_text())
+    assert history["config"]["epochs"] == 1
+    (h,) = history["epochs"]
+    assert HISTORY_KEYS <= h.keys() and h["epoch"] == 1
+    assert 0 <= h["train_acc"] <= 1 and 0 <= h["test_acc"] <= 1
+    assert h["train_loss"] > 0 and h["test_loss"] > 0 and h["lr"] > 0 and h["images_per_second"] > 0
+    # Progressive resizing: starts at min_res, and the last phase runs at full resolution.
+    assert h["resolution_steps"]["8"] >= 1 and h["resolution"] == 32
+    assert h["images_seen"] == 40 and h["test_images"] == 12, "eval_images caps the evaluation during training"
+    ckpt = load_checkpoint(out / CHECKPOINT_FILE)
+    assert ckpt["finished"] and ckpt["global_step"] == 4
+    assert not all(torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"]), "EMA must lag the weights"
+
+
+def test_history_of_two_epochs(reference):
+    out, result = reference
+    epochs = json.loads((out / HISTORY_FILE).read_text())["epochs"]
+    assert [h["epoch"] for h in epochs] == [1, 2]
+    assert epochs == json.loads(json.dumps(result.history))
+    assert epochs[1]["lr"] < epochs[0]["lr"], "the one-cycle schedule decays after warm-up"
+    assert epochs[1]["images_seen"] == 80
+    assert all(h["test_images"] == 30 for h in epochs), "eval_every=1 evaluates every epoch on the whole split"
+
+
+def test_same_seed_gives_identical_history_and_weights(tiny_cifar, tiny_data, reference, tmp_path):
+    out, result = reference
+    again = fit(tiny_config(tiny_cifar, tmp_path / "again"), data=tiny_data, show_progress=False)
+    assert without_timing(again.history) == without_timing(result.history)
+    assert_same_weights(final_state(tmp_path / "again")["ema"], final_state(out)["ema"])
+
+
+def test_another_seed_gives_another_run(tiny_cifar, tiny_data, reference, tmp_path):
+    other = fit(tiny_config(tiny_cifar, tmp_path / "other", seed=1, epochs=1), data=tiny_data, show_progress=False)
+    assert other.history[0]["train_loss"] != reference[1].history[0]["train_loss"]
+
+
+def test_interrupted_runs_resume_to_the_same_result(tiny_cifar, tiny_data, reference, tmp_path):
+    out = tmp_path / "resumed"
+    # Stop mid-epoch 1, then mid-epoch 2 (crossing an epoch end), then finish.
+    first = fit(tiny_config(tiny_cifar, out, stop_after_steps=3), data=tiny_data, show_progress=False)
+    assert not first.finished and first.stopped_by == "stop_after_steps"
+    ckpt = load_checkpoint(out / CHECKPOINT_FILE)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (0, 3, 3)
+    second = fit(tiny_config(tiny_cifar, out, resume=True, stop_after_steps=6), data=tiny_data, show_progress=False)
+    assert not second.finished and len(second.history) == 1
+    last = fit(tiny_config(tiny_cifar, out, resume=True), data=tiny_data, show_progress=False)
+    assert last.finished
+    expected = final_state(reference[0])
+    got = final_state(out)
+    assert without_timing(got["history"]) == without_timing(expected["history"])
+    assert_same_weights(got["model"], expected["model"])
+    assert_same_weights(got["ema"], expected["ema"])
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tiny_cifar, tiny_data, reference, tmp_path):
+    out = tmp_path / "signalled"
+    cfg = tiny_config(tiny_cifar, out)
+    args = ["--data", cfg.data, "--out", cfg.out, "--epochs", "2", "--batch-size", "10", "--min-res", "8",
+            "--res-ramp-start", "0.5", "--res-ramp-end", "1.0", "--eval-batch-size", "30"]
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
+    try:
+        line = proc.stdout.readline()  # printed once the handlers are in place, before the first step
+        assert line.startswith("training ResNet-50"), line + proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stdout + stderr
+    assert "--resume" in stderr
+    ckpt = load_checkpoint(out / CHECKPOINT_FILE)
+    assert ckpt["stopped"] and not ckpt["finished"] and ckpt["global_step"] < 8
+    fit(dataclasses.replace(cfg, resume=True), data=tiny_data, show_progress=False)
+    expected, got = final_state(reference[0]), final_state(out)
+    assert without_timing(got["history"]) == without_timing(expected["history"])
+    assert_same_weights(got["ema"], expected["ema"])
+
+
+def test_resume_refuses_a_changed_recipe(tiny_cifar, tiny_data, reference, tmp_path):
+    with pytest.raises(ConfigError, match=r"lr: 0.2 in the checkpoint, 0.3 now"):
+        fit(tiny_config(tiny_cifar, reference[0], resume=True, lr=0.3), data=tiny_data, show_progress=False)
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(tiny_cifar, tiny_data, reference):
+    before = (reference[0] / CHECKPOINT_FILE).stat().st_mtime_ns
+    with pytest.raises(ConfigError, match="--resume .* --overwrite"):
+        fit(tiny_config(tiny_cifar, reference[0]), data=tiny_data, show_progress=False)
+    assert (reference[0] / CHECKPOINT_FILE).stat().st_mtime_ns == before
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_cifar, tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="Nothing to resume"):
+        fit(tiny_config(tiny_cifar, tmp_path / "empty", resume=True), data=tiny_data, show_progress=False)
+
+
+def test_divergence_stops_without_writing_garbage(tiny_cifar, tiny_data, tmp_path):
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "resnet50_cifar10.safetensors").write_bytes(b"previous good weights")
+    out = tmp_path / "diverged"
+    with pytest.raises(TrainingDiverged, match="NaN or infinite.*Lower --lr"):
+        fit(tiny_config(tiny_cifar, out, lr=1e30, export_to=str(assets)), data=tiny_data, show_progress=False)
+    assert not (out / CHECKPOINT_FILE).exists()
+    assert not (out / HISTORY_FILE).exists()
+    assert sorted(p.name for p in assets.iterdir()) == ["resnet50_cifar10.safetensors"]
+    assert (assets / "resnet50_cifar10.safetensors").read_bytes() == b"previous good weights"
+
+
+def test_cli_reports_bad_data_without_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=ONE_THREAD)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----- config and schedules (no training) -----
+
+
+def test_every_config_field_has_a_flag_with_its_unit():
+    parser = build_parser()
+    by_dest = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        action = by_dest[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        assert action.option_strings[0] == flag
+        if isinstance(f.default, bool):
+            assert action.option_strings == [flag, flag.replace("--", "--no-")]
+        assert action.default == f.default
+        assert f.metadata["help"]
+        if f.metadata["unit"]:
+            assert f"[{f.metadata['unit']}]" in action.help
+
+
+def test_cli_flags_become_the_config():
+    cfg = config_from_args(["--epochs", "3", "--lr", "0.05", "--no-nesterov", "--schedule", "cosine", "--data", "x"])
+    assert (cfg.epochs, cfg.lr, cfg.nesterov, cfg.schedule, cfg.data) == (3, 0.05, False, "cosine", "x")
+    assert cfg.batch_size == TrainConfig().batch_size
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"warmup": 1.0}, {"min_res": 2}, {"schedule": "step"},
+                                 {"res_ramp_start": 0.9, "res_ramp_end": 0.5}, {"resume": True, "overwrite": True}])
+def test_out_of_range_settings_are_refused(bad):
+    with pytest.raises(ConfigError):
+        TrainConfig(**bad)
+
+
+def test_lr_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(warmup=0.2)
+    lrs = [lr_factor(s, 100, cfg) for s in range(100)]
+    assert lrs[19] == pytest.approx(1.0) and lrs[0] == pytest.approx(0.05)
+    assert all(a < b for a, b in zip(lrs[:19], lrs[1:20]))
+    assert all(a > b for a, b in zip(lrs[20:], lrs[21:]))
+    assert 0 < lrs[-1] < 0.02
+    cosine = [lr_factor(s, 100, dataclasses.replace(cfg, schedule="cosine")) for s in range(100)]
+    assert cosine[20] == pytest.approx(1.0) and cosine[40] > lrs[40]
+
+
+def test_resolution_ramps_from_min_res_to_32_in_steps():
+    cfg = TrainConfig(min_res=16, res_ramp_start=0.5, res_ramp_end=0.9, res_step=8)
+    res = [resolution_at(s, 100, cfg) for s in range(100)]
+    assert res[0] == 16 and res[49] == 16 and res[-1] == 32 and res[90] == 32
+    assert set(res) == {16, 24, 32}
+    assert res == sorted(res)
+    assert {resolution_at(s, 100, TrainConfig(min_res=32)) for s in range(100)} == {32}

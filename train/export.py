@@ -1,0 +1,167 @@
+"""Export a finished run into what the app serves.
+
+    python -m train.export --run runs/train --to assets [--data PATH]
+
+Writes, into the target folder: the weights (EMA if the run used it) as
+float16 safetensors, ``model_card.json``, ``history.json``, ``samples/``
+(the first 3 test images of every class as PNG) and, by evaluating exactly
+the float16 weights, ``evaluation.json`` and ``test_gallery.npz``. All
+computing happens before the first write, and every file is written
+atomically, so a failure leaves the previous export intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from resnet.constants import CLASSES, JPEG_DATASET_NAME
+from resnet.model import resnet50
+from resnet.weights import CARD_FILE, WEIGHTS_FILE, WeightsError, atomic_write_bytes, atomic_write_json, data_contract, save_weights
+
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint
+from .config import ConfigError, TrainConfig
+from .data import Cifar10, DataError, load_cifar10
+from .evaluate import evaluate_model, write_evaluation
+from .inference import resolve_device
+from .trainer import HISTORY_FILE, all_finite
+
+SAMPLES_DIR = "samples"
+SAMPLES_PER_CLASS = 3
+
+
+class ExportError(ValueError):
+    """The run cannot be exported (unfinished, broken weights)."""
+
+
+def sample_pngs(data: Cifar10) -> dict[str, bytes]:
+    """``<class>_<k>.png`` -> PNG bytes: the first 3 test images of each class (not cherry-picked)."""
+    out = {}
+    for c, name in enumerate(CLASSES):
+        rows = (data.test.labels == c).nonzero()[0][:SAMPLES_PER_CLASS]
+        for k, row in enumerate(rows):
+            buffer = io.BytesIO()
+            Image.fromarray(data.test.images[row]).save(buffer, format="PNG")
+            out[f"{name}_{k}.png"] = buffer.getvalue()
+    return out
+
+
+def export_run(
+    run_dir: Path | str,
+    assets_dir: Path | str,
+    *,
+    data: Cifar10 | None = None,
+    data_path: str | None = None,
+    device: torch.device | str = "auto",
+    notes: str = "",
+    allow_unfinished: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Export ``run_dir``'s checkpoint into ``assets_dir``; returns the model card."""
+    run_dir, assets_dir = Path(run_dir), Path(assets_dir)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    history = list(ckpt["history"])
+    if not ckpt["finished"] and not allow_unfinished:
+        raise ExportError(
+            f"The run in {run_dir} is not finished ({len(history)} of {cfg.epochs} epochs). "
+            "Resume it with --resume, or export anyway with --allow-unfinished."
+        )
+    use_ema = ckpt["ema"] is not None
+    model = resnet50()
+    model.load_state_dict(ckpt["ema"] if use_ema else ckpt["model"])
+    if not all_finite(model):
+        raise ExportError(f"The weights in {run_dir / CHECKPOINT_FILE} hold NaN or infinity; nothing exported.")
+    # Evaluate what is served: the weights after their float16 round trip.
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    if not all_finite(model):
+        raise ExportError("The weights overflow float16; nothing exported.")
+
+    if data is None:
+        data = load_cifar10(data_path or cfg.data)
+    device = resolve_device(device) if isinstance(device, str) else device
+    dataset = f"{data.name} test split"
+    report, index = evaluate_model(
+        model, data.test, dataset=dataset, weights=WEIGHTS_FILE, device=device,
+        batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last, show_progress=show_progress,
+    )
+    samples = sample_pngs(data)
+
+    seen = history[-1]["images_seen"] if history else 0
+    res_steps: dict[str, int] = {}
+    for h in history:
+        for r, n in h.get("resolution_steps", {}).items():
+            res_steps[r] = res_steps.get(r, 0) + n
+    minutes = ckpt["elapsed"] / 60
+    caveat = (
+        " The images are a JPEG q75 re-encoding of CIFAR-10, so accuracy on the original PNG-exact test batch differs slightly."
+        if data.name == JPEG_DATASET_NAME else ""
+    )
+    auto_notes = (
+        f"Trained from scratch (random init, no pretraining) with `python -m train` for {len(history)} epoch(s), "
+        f"{seen:,} training images seen (optimizer steps per resolution: "
+        f"{', '.join(f'{r} px: {n}' for r, n in sorted(res_steps.items(), key=lambda kv: int(kv[0])))}), "
+        f"on {ckpt['device']} in {minutes:.1f} min. Test accuracy {report['accuracy']:.2%} on the {dataset} "
+        f"({report['n']:,} images). Weights: {'EMA of the SGD weights' if use_ema else 'the final SGD weights'}, "
+        f"stored as float16.{caveat}"
+    )
+    card = {
+        "architecture": {"name": "ResNet-50", "stem": model.stem_kind, "layers": [3, 4, 6, 3],
+                         "parameters": sum(p.numel() for p in model.parameters())},
+        **data_contract(),
+        "dataset": data.name,
+        "test_accuracy": report["accuracy"],
+        "test_accuracy_tta": report["accuracy_tta"],
+        "test_images": report["n"],
+        "training_seconds": ckpt["elapsed"],
+        "device": ckpt["device"],
+        "config": cfg.to_dict(),
+        "epochs": len(history),
+        "images_seen": seen,
+        "weights_from": "ema" if use_ema else "model",
+        "samples": f"the first {SAMPLES_PER_CLASS} test images of each class",
+        "notes": (notes.strip() + " " if notes.strip() else "") + auto_notes,
+    }
+
+    weights_path = save_weights(model, assets_dir / WEIGHTS_FILE, {"source": "python -m train", "dataset": data.name})
+    report["weights_sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    write_evaluation(assets_dir, report, data.test.images, index)
+    for name, png in samples.items():
+        atomic_write_bytes(assets_dir / SAMPLES_DIR / name, png)
+    atomic_write_json(assets_dir / HISTORY_FILE, {"config": cfg.to_dict(), "epochs": history})
+    atomic_write_json(assets_dir / CARD_FILE, card)  # last: a card always describes files already there
+    print(f"exported {run_dir} -> {assets_dir}: test accuracy {report['accuracy']:.4f} "
+          f"(flip TTA {report['accuracy_tta']:.4f}) on {report['n']} images of {dataset}")
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", default=TrainConfig.out, help="run folder holding checkpoint.pt")
+    parser.add_argument("--to", default="assets", help="folder the app serves")
+    parser.add_argument("--data", default=None, help="CIFAR-10 path (default: the one the run was trained on)")
+    parser.add_argument("--device", default="auto", help="device for the evaluation: auto, cpu, cuda, cuda:N")
+    parser.add_argument("--notes", default="", help="a sentence put in front of the card's generated notes")
+    parser.add_argument("--allow-unfinished", action="store_true", help="export a run that has not finished all epochs")
+    args = parser.parse_args(argv)
+    try:
+        export_run(args.run, args.to, data_path=args.data, device=args.device, notes=args.notes,
+                   allow_unfinished=args.allow_unfinished)
+    except (ConfigError, DataError, ExportError, WeightsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

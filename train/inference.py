@@ -1,0 +1,55 @@
+"""Batched inference on uint8 images, shared by the training loop and the evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .augment import normalize
+from .progress import Progress
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: Tensor | np.ndarray,
+    *,
+    device: torch.device,
+    batch_size: int = 250,
+    amp: str = "bfloat16",
+    channels_last: bool = True,
+    flip: bool = False,
+    progress: Progress | None = None,
+) -> Tensor:
+    """float32 (N, classes) logits on the CPU for uint8 (N, 32, 32, 3) images, in eval mode."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    was_training = model.training
+    model.eval()
+    use_amp = device.type == "cuda" and amp == "bfloat16"
+    out = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = normalize(images[start : start + batch_size].to(device, non_blocking=True), channels_last)
+            if flip:
+                x = x.flip(3)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out.append(model(x).float().cpu())
+            if progress is not None:
+                progress.update(progress.done + x.shape[0])
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
