@@ -1,0 +1,288 @@
+"""Spec for the explanation functions: Grad-CAM at every stage, feature maps,
+residual-block anatomy and the second attribution method.
+
+Runs on a random-init model (seeded), so nothing depends on the shipped
+weights or their accuracy.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import LayerGradCam
+
+from resnet import CLASSES, STAGE_NAMES, resnet50
+from resnet import explain
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On a shared 2-core box, a 2-thread OpenMP team in the main thread stalls
+    # badly whenever another process takes a core; one thread keeps these
+    # tests' run time steady. Restored afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(one_thread):
+    torch.manual_seed(0)
+    # zero_init_residual=False: with zero-init every block is the identity and
+    # Grad-CAM of later stages would be a trivial function of earlier ones.
+    m = resnet50(zero_init_residual=False).eval()
+    # Random BN statistics give the untrained net varied, class-dependent logits.
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(1, 3, 32, 32, generator=g) for _ in range(3)]
+
+
+def reference_gradcam(model, x, target, stage):
+    return LayerGradCam(model, getattr(model, stage)).attribute(x, target=target, relu_attributions=True)[0, 0].detach().numpy()
+
+
+# ----- Grad-CAM at every stage --------------------------------------------------------------
+
+
+def test_one_call_gives_a_map_per_stage_at_its_resolution(model, images):
+    a = explain.analyze(model, images[0])
+    assert list(a.cams) == list(STAGE_NAMES)
+    assert {k: v.shape for k, v in a.cams.items()} == {"layer1": (32, 32), "layer2": (16, 16), "layer3": (8, 8), "layer4": (4, 4)}
+    for cam in a.cams.values():
+        assert cam.dtype == np.float32 and np.isfinite(cam).all() and (cam >= 0).all()
+    assert any(cam.max() > 0 for cam in a.cams.values())
+
+
+@pytest.mark.parametrize("target", [None, 0, 7])
+def test_equals_captum_layergradcam_run_layer_by_layer(model, images, target):
+    x = images[1]
+    a = explain.analyze(model, x, target)
+    for stage in STAGE_NAMES:
+        ref = reference_gradcam(model, x, a.target, stage)
+        np.testing.assert_allclose(a.cams[stage], ref, rtol=1e-5, atol=1e-7 * max(1.0, float(ref.max())))
+
+
+def test_default_target_is_the_prediction_and_probs_match_the_model(model, images):
+    x = images[2]
+    a = explain.analyze(model, x)
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)[0].numpy()
+    np.testing.assert_allclose(a.probs, probs, rtol=1e-5, atol=1e-6)
+    assert a.target == a.predicted == int(probs.argmax())
+    assert abs(float(a.probs.sum()) - 1.0) < 1e-5
+
+
+def test_maps_change_with_the_target_class(model, images):
+    x = images[0]
+    a, b = explain.analyze(model, x, 1), explain.analyze(model, x, 8)
+    assert a.target == 1 and b.target == 8
+    assert any(not np.allclose(a.cams[s], b.cams[s]) for s in STAGE_NAMES)
+    # The prediction does not depend on which class is explained.
+    np.testing.assert_allclose(a.probs, b.probs, rtol=1e-6)
+
+
+def test_features_are_the_stem_and_stage_outputs(model, images):
+    x = images[0]
+    a = explain.analyze(model, x)
+    with torch.no_grad():
+        inter = model.forward_intermediates(x)
+    for name, tensor in inter.features.items():
+        np.testing.assert_allclose(a.features[name], tensor[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert {k: v.shape[0] for k, v in a.features.items()} == {f.name: f.channels for f in model.feature_info}
+
+
+def test_gradcam_all_stages_contract(model, images):
+    g = explain.gradcam_all_stages(model, images[0], 3)
+    assert g.target == 3 and g.probs.shape == (len(CLASSES),)
+    assert set(g.maps) == set(STAGE_NAMES)
+
+
+def test_bad_arguments_raise_value_error(model, images):
+    for target in (-1, 10, 2.5, "cat", True):
+        with pytest.raises(ValueError):
+            explain.analyze(model, images[0], target)
+    with pytest.raises(ValueError):
+        explain.analyze(model, torch.zeros(2, 3, 32, 32))
+    with pytest.raises(ValueError):
+        explain.analyze(model, torch.zeros(3, 32, 32))
+
+
+def test_leaves_no_hooks_and_no_gradients_on_the_model(model, images):
+    explain.analyze(model, images[0], 2)
+    for module in model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_works_inside_inference_mode(model, images):
+    with torch.inference_mode():
+        a = explain.analyze(model, images[0], 4)
+    np.testing.assert_allclose(a.cams["layer3"], explain.analyze(model, images[0], 4).cams["layer3"], rtol=1e-6)
+
+
+def test_concurrent_calls_give_the_sequential_answers(model, images):
+    jobs = [(x, t) for x in images for t in (None, 5)]
+    expected = [explain.analyze(model, x, t) for x, t in jobs]
+    results: list = [None] * len(jobs)
+
+    def run(i):
+        results[i] = explain.analyze(model, *jobs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        assert got.target == want.target
+        for s in STAGE_NAMES:
+            np.testing.assert_allclose(got.cams[s], want.cams[s], rtol=1e-5, atol=1e-9)
+
+
+def test_top_k():
+    probs = np.array([0.05, 0.3, 0.1, 0.02, 0.2, 0.08, 0.1, 0.05, 0.06, 0.04], dtype=np.float32)
+    top = explain.top_k(probs, 3)
+    assert list(top) == ["automobile", "deer", "bird"]
+    assert top["automobile"] == pytest.approx(0.3)
+    assert len(explain.top_k(probs, 99)) == 10 and len(explain.top_k(probs, 0)) == 1
+
+
+# ----- pictures -----------------------------------------------------------------------------
+
+
+def test_upsample_is_smooth_and_keeps_constants():
+    assert explain.upsample(np.full((4, 4), 2.0, np.float32), 32).shape == (32, 32)
+    np.testing.assert_allclose(explain.upsample(np.full((4, 4), 2.0, np.float32), 32), 2.0)
+    peak = np.zeros((4, 4), np.float32)
+    peak[1, 1] = 1.0
+    up = explain.upsample(peak, 32)
+    assert len(np.unique(np.round(up, 4))) > 10  # bilinear, not 4 flat blocks
+
+
+def test_jet_runs_blue_to_red():
+    lo, hi = explain.jet(np.array([0.0, 1.0]))
+    assert lo[2] > 100 and lo[0] == 0  # dark blue
+    assert hi[0] > 100 and hi[2] == 0  # dark red
+
+
+def test_overlay_opacity_and_scale():
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    cam = np.random.default_rng(1).random((8, 8)).astype(np.float32)
+    out = explain.overlay(img, cam, opacity=0.0, size=256)
+    assert out.shape == (256, 256, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.repeat(np.repeat(img, 8, 0), 8, 1))  # nearest-neighbour base
+    full = explain.overlay(img, cam, opacity=1.0)
+    np.testing.assert_array_equal(full, explain.jet(explain.upsample(cam, 32) / cam.max()))
+    np.testing.assert_array_equal(explain.overlay(img, cam, 0.5), explain.overlay(img, cam, 0.5, vmax=float(cam.max())))
+    dimmer = explain.overlay(img, cam, 1.0, vmax=4 * float(cam.max()))
+    assert dimmer[..., 0].mean() < full[..., 0].mean()  # a shared, larger scale makes this map cooler
+    assert explain.overlay(img, np.zeros((4, 4), np.float32), 0.5).shape == (32, 32, 3)
+    with pytest.raises(ValueError):
+        explain.overlay(img, cam, opacity=1.5)
+
+
+# ----- feature maps and residual blocks -------------------------------------------------------
+
+
+def test_top_channels_ranks_by_mean_activation():
+    act = np.zeros((6, 4, 4), np.float32)
+    for c, v in enumerate([0.1, 5.0, 0.0, 3.0, 4.0, 0.2]):
+        act[c] = v
+    top = explain.top_channels(act, 3)
+    assert top.indices.tolist() == [1, 4, 3]
+    np.testing.assert_array_equal(top.maps, act[[1, 4, 3]])
+    assert top.means.tolist() == [5.0, 4.0, 3.0]
+    assert len(explain.top_channels(act, 100).indices) == 6
+    with pytest.raises(ValueError):
+        explain.top_channels(act[0], 2)
+
+
+def test_block_anatomy_parts_add_up(model, images):
+    x = images[0]
+    r = explain.residual_anatomy(model, x, "layer2.0")
+    assert r.names[0] == "layer1.0" and r.names[-1] == "layer4.2" and len(r.names) == len(r.ratios) == 16
+    assert list(r.maps) == list(explain.ANATOMY_PARTS) and r.block == "layer2.0" and r.channel is None
+    m = r.maps
+    np.testing.assert_allclose(m["F(x) + x"], m["shortcut x"] + m["F(x)"], rtol=1e-4, atol=1e-5)
+    assert m["shortcut x"].shape == (16, 16) and r.channels == 512
+
+    with torch.no_grad():
+        a = model.block_anatomy(x, "layer2.0")
+    want = float(a.residual.norm() / a.shortcut.norm())
+    assert r.ratios[r.names.index("layer2.0")] == pytest.approx(want, rel=1e-4)
+    one = explain.residual_anatomy(model, x, 4, channel=7)  # index 4 = layer2.1
+    assert one.block == "layer2.1" and one.channel == 7
+    np.testing.assert_allclose(one.maps["ReLU(F(x) + x)"], model.block_anatomy(x, 4).output[0, 7].detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(one.maps["ReLU(F(x) + x)"], np.maximum(one.maps["F(x) + x"], 0), rtol=1e-5, atol=1e-6)
+
+
+def test_zero_init_blocks_change_nothing(images):
+    torch.manual_seed(0)
+    fresh = resnet50(zero_init_residual=True).eval()
+    r = explain.residual_anatomy(fresh, images[0], 5)
+    np.testing.assert_allclose(r.ratios, 0.0, atol=1e-7)
+    np.testing.assert_allclose(r.maps["F(x)"], 0.0, atol=1e-7)
+
+
+def test_block_anatomy_rejects_bad_choices(model, images):
+    for block in (16, -1, "layer5.0"):
+        with pytest.raises(ValueError):
+            explain.residual_anatomy(model, images[0], block)
+    with pytest.raises(ValueError):
+        explain.residual_anatomy(model, images[0], "layer1.0", channel=256)
+
+
+# ----- the contrast method -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", explain.CONTRAST_METHODS)
+def test_contrast_map(model, images, method):
+    out = explain.contrast_map(model, images[0], 3, method)
+    assert out.shape == (32, 32) and out.dtype == np.float32 and (out >= 0).all() and out.max() > 0
+    other = explain.contrast_map(model, images[0], 6, method)
+    assert not np.allclose(out, other)
+
+
+def test_contrast_map_rejects_unknown_method(model, images):
+    with pytest.raises(ValueError, match="method"):
+        explain.contrast_map(model, images[0], 3, "LIME")
+
+
+# ----- the architecture table ----------------------------------------------------------------
+
+
+def test_architecture_table_is_computed_from_the_model(model):
+    rows = explain.architecture_table(model)
+    assert [r["stage"] for r in rows] == ["stem", *STAGE_NAMES, "head"]
+    assert [r["blocks"] for r in rows] == [0, 3, 4, 6, 3, 0]
+    assert [r["output_shape"] for r in rows] == [(64, 32, 32), (256, 32, 32), (512, 16, 16), (1024, 8, 8), (2048, 4, 4), (10,)]
+    assert sum(r["parameters"] for r in rows) == sum(p.numel() for p in model.parameters()) == 23_520_842
+
+
+def test_works_with_frozen_weights(images):
+    torch.manual_seed(0)
+    frozen = resnet50(zero_init_residual=False).eval().requires_grad_(False)
+    a = explain.analyze(frozen, images[0], 4)
+    for s in STAGE_NAMES:
+        np.testing.assert_allclose(a.cams[s], reference_gradcam(frozen, images[0], 4, s), rtol=1e-5, atol=1e-9)
+    assert any(cam.max() > 0 for cam in a.cams.values())
+
+
+def test_predict_probs_is_the_softmax_of_one_forward(model, images):
+    with torch.no_grad():
+        want = torch.softmax(model(images[1]), 1)[0].numpy()
+    np.testing.assert_allclose(explain.predict_probs(model, images[1]), want, rtol=1e-5, atol=1e-7)
