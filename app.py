@@ -3,8 +3,9 @@
 ``python app.py`` serves it (honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT);
 the same file is a Hugging Face Space's ``app_file``. This module only builds
 the interface and wires events: the work is done by pure functions in
-``resnet.explain`` / ``resnet.preprocess`` (arrays in, arrays out) and the
-figures by ``app_figures``.
+``resnet.explain`` / ``resnet.preprocess`` / ``resnet.testset`` /
+``resnet.robustness`` / ``resnet.sanity`` (arrays in, arrays out) and the
+figures by ``app_figures`` and ``app_insights_figures``.
 
 Layout: a classify panel on top (upload, examples, top-k, what the network
 saw), then one tab per view. Each tab is one ``build_*_tab(ctx)`` function in
@@ -13,6 +14,11 @@ follow the current image takes ``ctx.image`` as an input and lists
 ``ctx.analysed.change`` among its triggers (it fires once per analysed image,
 after the main ``analyze`` event, and not when that event refused the upload).
 Every event gets an ``api_name``.
+
+The insight tabs (Robustness, Sanity check, Test set, Calibration) never add
+work to ``analyze``: they compute when their tab is selected or a control
+asks. A new image recomputes the image-based ones only while their tab is on
+screen (``ctx.open_tab``) and otherwise clears them, so nothing stale shows.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ import numpy as np
 from PIL import Image
 
 import app_figures as figs
+import app_insights_figures as insight_figs
 from resnet import CLASSES, STAGE_NAMES
-from resnet import explain, preprocess
+from resnet import explain, preprocess, robustness, sanity, testset
 from resnet.weights import ASSETS_DIR, load_pretrained
 
 # Our own size check runs before decoding; this makes PIL refuse anything
@@ -56,6 +63,9 @@ SCALES = ("per map", "shared")
 BLOCK_NAMES = list(MODEL.blocks())
 STRIDES = {f.name: f.stride for f in MODEL.feature_info}
 CHANNELS = {f.name: f.channels for f in MODEL.feature_info}
+# Read on first use (the Test set / Calibration tabs), so a missing file costs the Classify panel nothing.
+TEST_SET = testset.TestSet(ASSETS)
+THUMB = 96  # side in px of the test-set gallery thumbnails
 
 
 def _samples() -> dict[str, Path]:
@@ -71,9 +81,20 @@ def _class_of(path: Path) -> str:
 SAMPLES = _samples()
 
 
+def _sample_of(image: str) -> Path | None:
+    """The shipped test image with exactly these bytes, if any."""
+    return SAMPLES.get(hashlib.sha256(Path(image).read_bytes()).hexdigest())
+
+
+def _known_label(image: str) -> int | None:
+    """The true class index when the image is one of the shipped samples, else None."""
+    sample = _sample_of(image)
+    return None if sample is None else CLASSES.index(_class_of(sample))
+
+
 def _truth(image: str, predicted: int) -> str:
     """The true class when the image is one of the shipped test images (matched by content)."""
-    sample = SAMPLES.get(hashlib.sha256(Path(image).read_bytes()).hexdigest())
+    sample = _sample_of(image)
     if sample is None:
         return "True class: unknown (your own image)."
     true = _class_of(sample)
@@ -273,16 +294,292 @@ def contrast(image: str | None, target: str, method: str, opacity: float) -> tup
     )
 
 
+# ----- insight handlers: test set, calibration, robustness, sanity --------------------------
+# Each tab computes only when it is opened or asked (never as part of ``analyze``).
+
+NO_IMAGE = "No image yet: pick one of the test images above or upload your own, then come back here."
+
+
+def _no_image() -> None:
+    gr.Warning(NO_IMAGE, title="No image")
+
+
+def _thumb(image: np.ndarray, side: int = THUMB) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.NEAREST))
+
+
+def _pair_overlays(images: tuple[np.ndarray, np.ndarray], cams: tuple[np.ndarray, np.ndarray],
+                   captions: tuple[str, str]) -> list[tuple[np.ndarray, str]]:
+    """Two Grad-CAM overlays on one colour scale, so their strengths compare."""
+    vmax = max(float(c.max()) for c in cams)
+    return [(explain.overlay(im, cam, vmax=vmax, size=DISPLAY), cap) for im, cam, cap in zip(images, cams, captions)]
+
+
+def _check_stage(stage: str) -> str:
+    if stage not in STAGE_NAMES:
+        raise ValueError(f"Unknown Grad-CAM layer {stage!r}; use one of {', '.join(STAGE_NAMES)}.")
+    return stage
+
+
+def _evaluation() -> dict[str, Any] | None:
+    """The validated evaluation.json, or None after telling the user why it is unavailable."""
+    try:
+        return TEST_SET.evaluation
+    except testset.TestSetError as exc:
+        gr.Warning(str(exc), title="No test-set evaluation")
+        return None
+
+
+@user_errors
+def open_test_set(normalise: bool, loaded: bool) -> tuple:
+    """The explorer's first view: summary, confusion matrix, per-class bars and the pair dropdown."""
+    if loaded:  # reopening the tab keeps the user's pair and gallery
+        return (gr.skip(),) * 6
+    missing = TEST_SET.available()
+    if missing is not None:
+        return f"**The test-set explorer is not available.** {missing}", "", None, None, gr.Dropdown(choices=[], value=None), False
+    ev = TEST_SET.evaluation
+    pair = testset.most_confused_pair(ev)
+    first = testset.pair_value(*pair[:2]) if pair else testset.pair_value(0, 0)
+    return (
+        "",
+        insight_figs.test_set_markdown(testset.accuracy_summary(ev)),
+        insight_figs.confusion_matrix_figure(ev, normalise=bool(normalise)),
+        insight_figs.per_class_accuracy_figure(ev),
+        gr.Dropdown(choices=testset.pair_choices(ev), value=first),
+        True,
+    )
+
+
+@user_errors
+def confusion_matrix(normalise: bool):
+    ev = _evaluation()
+    return None if ev is None else insight_figs.confusion_matrix_figure(ev, normalise=bool(normalise))
+
+
+@user_errors
+def test_pair_gallery(pair: str | None) -> tuple:
+    """The shipped test images of one (true, predicted) pair, most confident first; clears the selection."""
+    if not pair:
+        return [], [], "", None
+    true, pred = testset.parse_pair(pair)
+    items = testset.gallery(TEST_SET, true, pred)
+    return (
+        [(_thumb(it.image), it.caption) for it in items],
+        [it.row for it in items],
+        testset.gallery_summary(TEST_SET, true, pred),
+        None,
+    )
+
+
+@user_errors
+def test_image_cams(row: float | None, stage: str) -> tuple:
+    """One shipped test image: Grad-CAM for the class the model predicted and for the true class."""
+    if row is None or row == "":
+        return None, [], ""
+    stage = _check_stage(stage)
+    if float(row) != int(float(row)):
+        raise ValueError(f"A test image number is a whole number; got {row}.")
+    row = int(float(row))
+    record = TEST_SET.record(row)
+    image = TEST_SET.image(row)
+    x = preprocess.to_model_input(Image.fromarray(image)).tensor
+    pred = explain.gradcam_all_stages(MODEL, x, record["pred"])
+    true = pred if record["correct"] else explain.gradcam_all_stages(MODEL, x, record["label"])
+    cams = _pair_overlays(
+        (image, image),
+        (pred.maps[stage], true.maps[stage]),
+        (f"{stage} Grad-CAM for the prediction: {record['pred_name']}",
+         f"{stage} Grad-CAM for the true class: {record['label_name']}"),
+    )
+    now = int(np.argmax(pred.probs))
+    verdict = "correct" if record["correct"] else "wrong"
+    note = (
+        f"Test image **#{row}**: true class **{record['label_name']}**, predicted **{record['pred_name']}** "
+        f"with {record['confidence']:.1%} confidence ({verdict}; P({record['label_name']}) = {record['true_class_prob']:.1%}). "
+        f"Both maps share one colour scale (red = {max(float(pred.maps[stage].max()), float(true.maps[stage].max())):.2g}). "
+        f"Recomputed here, the model predicts {CLASSES[now]} ({float(pred.probs[now]):.1%})."
+    )
+    return _enlarge(image), cams, note
+
+
+def select_test_image(rows: list[int], stage: str, evt: gr.SelectData) -> tuple:
+    """Gallery click -> that image's row and its two Grad-CAMs."""
+    if not rows or not isinstance(evt.index, int) or not 0 <= evt.index < len(rows):
+        return None, None, [], ""
+    row = rows[evt.index]
+    return row, *test_image_cams(row, stage)
+
+
+@user_errors
+def calibration(loaded: bool) -> tuple:
+    """Reliability diagram (and after temperature scaling), confidence histogram, and what they say."""
+    if loaded:
+        return (gr.skip(),) * 4
+    try:
+        ev = TEST_SET.evaluation
+    except testset.TestSetError as exc:
+        return f"**Calibration is not available.** {exc}", None, None, False
+    return (
+        insight_figs.calibration_markdown(ev),
+        insight_figs.reliability_figure(ev),
+        insight_figs.confidence_histogram_figure(ev),
+        True,
+    )
+
+
+N_PROBE_OUTPUTS = 5  # perturbed image, clean top-k, perturbed top-k, Grad-CAM pair, note
+
+
+def _reference(image: str, probs: np.ndarray) -> tuple[int, str]:
+    """The class whose confidence the probe follows: the true one for a shipped sample, else the clean prediction."""
+    known = _known_label(image)
+    if known is not None:
+        return known, f"**{CLASSES[known]}**, the true class of this CIFAR-10 test image"
+    pred = int(np.argmax(probs))
+    return pred, f"**{CLASSES[pred]}**, the model's prediction for the clean image (the true class of your own image is unknown)"
+
+
+@user_errors
+def robustness_probe(image: str | None, noise: float, blur_sigma: float, brightness: float, contrast: float,
+                     patch_size: float, patch_x: float, patch_y: float, fgsm_levels: float, stage: str) -> tuple:
+    """Perturb the current image as the sliders say; top-k and Grad-CAM before and after."""
+    if image is None:
+        _no_image()
+        return (None,) * 4 + ("",)
+    stage = _check_stage(stage)
+    x = _model_input(image)
+    ref, ref_text = _reference(image, explain.predict_probs(MODEL, x.tensor))
+    out = robustness.probe(
+        MODEL, x.seen, true_label=ref, fgsm_epsilon=float(fgsm_levels) / 255.0, k=TOP_K,
+        noise=float(noise), blur_sigma=float(blur_sigma), brightness=float(brightness), contrast=float(contrast),
+        patch_size=int(patch_size), patch_x=int(patch_x), patch_y=int(patch_y),
+    )
+    cams = _pair_overlays(
+        (x.seen, out["image"]),
+        (out["clean_cams"][stage], out["cams"][stage]),
+        (f"clean · {stage} Grad-CAM for {out['reference_name']}", f"perturbed · {stage} Grad-CAM for {out['reference_name']}"),
+    )
+    before, after = float(out["clean_probs"][ref]), float(out["probs"][ref])
+    flipped = (f"The top-1 changes from {CLASSES[out['clean_pred']]} to **{CLASSES[out['pred']]}**."
+               if out["pred"] != out["clean_pred"] else f"The top-1 stays {CLASSES[out['pred']]}.")
+    note = (
+        f"Reference class: {ref_text}. P({out['reference_name']}) {before:.1%} -> **{after:.1%}** "
+        f"({after - before:+.1%}); largest pixel change {out['max_pixel_change']} of 255 grey levels. {flipped} "
+        "Both Grad-CAMs are for the reference class, on one colour scale."
+    )
+    return _enlarge(out["image"]), out["clean_top_k"], out["top_k"], cams, note
+
+
+@user_errors
+def robustness_sweep(image: str | None, kind: str, patch_x: float, patch_y: float) -> tuple:
+    """P(reference class) as one perturbation grows from 0, in one batched pass."""
+    if image is None:
+        _no_image()
+        return None, ""
+    if kind not in robustness.SWEEP_KINDS:
+        raise ValueError(f"Unknown perturbation {kind!r}; choose one of {', '.join(robustness.SWEEP_KINDS)}.")
+    x = _model_input(image)
+    ref, ref_text = _reference(image, explain.predict_probs(MODEL, x.tensor))
+    options = {"x": int(patch_x), "y": int(patch_y)} if kind == "occlusion" else {}
+    points = robustness.sweep(MODEL, x.seen, kind, None, ref, **options)
+    flips = [p.strength for p in points if p.pred != points[0].pred]
+    where = (f"the top-1 first changes (to {CLASSES[next(p.pred for p in points if p.pred != points[0].pred)]}) "
+             f"at {_strength(kind, flips[0])}" if flips else "the top-1 never changes over this range")
+    unit = robustness.STRENGTH_UNITS[kind]
+    return (
+        insight_figs.robustness_line_figure(points, kind, ref),
+        f"{kind}: {len(points)} strengths of {unit} from {_strength(kind, points[0].strength)} to "
+        f"{_strength(kind, points[-1].strength)}; {where}. Reference class: {ref_text}.",
+    )
+
+
+def _strength(kind: str, value: float) -> str:
+    return f"{value * 255:.0f}/255" if kind == "fgsm" else f"{value:.3g}"
+
+
+@user_errors
+def sanity_check(image: str | None, cascade: bool, stage: str) -> tuple:
+    """Grad-CAM with the trained weights vs with layer4 (or layer4..layer1) re-initialised."""
+    if image is None:
+        _no_image()
+        return [], None, "", None
+    stage = _check_stage(stage)
+    x = _model_input(image)
+    stages = tuple(reversed(STAGE_NAMES)) if cascade else ("layer4",)
+    result = sanity.sanity_check(MODEL, x.tensor, None, stages=stages)
+    target = CLASSES[result["target"]]
+    trained = result["trained"]["maps"][stage]
+    gallery = [(explain.overlay(x.seen, trained, size=DISPLAY), f"trained weights · {stage} · max {float(trained.max()):.2g}")]
+    lines = [
+        f"Grad-CAM at **{stage}** for **{target}** (the trained model's prediction), with the trained weights and "
+        f"with {'one more stage re-initialised per step, from layer4 down' if cascade else 'layer4 re-initialised'} "
+        "(the fc layer keeps its trained weights). Each map has its own colour scale: rank correlation ignores scale."
+    ]
+    summary = {"target": target, "stage": stage, "steps": []}
+    for step in result["steps"]:
+        name = "+".join(step["randomised"])
+        cam = step["maps"][stage]
+        metrics = step["metrics"][stage]
+        gallery.append((explain.overlay(x.seen, cam, size=DISPLAY), f"{name} re-initialised · max {float(cam.max()):.2g}"))
+        now = int(np.argmax(step["probs"]))
+        lines.append(f"- **{name} re-initialised** (now predicts {CLASSES[now]}): {sanity.verdict(metrics)}")
+        summary["steps"].append({
+            "randomised": step["randomised"],
+            "spearman": _finite_or_none(metrics["spearman"]),
+            "pearson": _finite_or_none(metrics["pearson"]),
+            "top_overlap": float(metrics["top_overlap"]),
+            "trained_flat": bool(metrics["trained_flat"]),
+            "randomised_flat": bool(metrics["randomised_flat"]),
+            "verdict": sanity.verdict(metrics),
+            "predicted_after": CLASSES[now],
+        })
+    return gallery, insight_figs.sanity_figure(result), "\n".join(lines), summary
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: an undefined correlation (a flat map) becomes null."""
+    return float(value) if np.isfinite(value) else None
+
+
+def opened(tab_id: str) -> Callable[[], str]:
+    """Event handler that records which tab is open (for follow-ups of a new image)."""
+
+    def remember() -> str:
+        return tab_id
+
+    return remember
+
+
+@user_errors
+def robustness_follow(image: str | None, open_tab: str, *settings: Any) -> tuple:
+    """A new image: redo the probe and the sweep if their tab is open, else clear them (they compute when opened)."""
+    if open_tab != "robustness" or image is None:
+        return (None,) * 4 + ("",) + (None, "")
+    *probe_settings, kind = settings
+    patch_x, patch_y = probe_settings[5], probe_settings[6]
+    return (*robustness_probe(image, *probe_settings), *robustness_sweep(image, kind, patch_x, patch_y))
+
+
+def sanity_follow(image: str | None, open_tab: str, cascade: bool, stage: str) -> tuple:
+    """A new image: redo the check if its tab is open, else clear the old image's result."""
+    if open_tab != "sanity" or image is None:
+        return [], None, "", None
+    return sanity_check(image, cascade, stage)
+
+
 # ----- layout ----------------------------------------------------------------------------------
 
 
 @dataclass
 class Ctx:
-    """What tab builders share: the input image and the component that changes
-    once per analysed image (hook follow-up work onto ``analysed.change``)."""
+    """What tab builders share: the input image, the component that changes
+    once per analysed image (hook follow-up work onto ``analysed.change``) and
+    the id of the tab on screen (so a follow-up can skip a hidden tab)."""
 
     image: gr.Image
     analysed: gr.Image  # the 32x32 image the model saw; changes after each analysis
+    open_tab: gr.State  # id of the tab on screen: follow-ups skip work for hidden tabs
     controls: dict[str, gr.components.Component] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
 
@@ -331,7 +628,7 @@ def build_classify_panel() -> Ctx:
             )
             label = gr.Label(num_top_classes=TOP_K, label="Prediction (top 5)", elem_id="prediction")
             truth = gr.Markdown(label="true class", elem_id="true-class")
-    ctx = Ctx(image=image, analysed=seen)
+    ctx = Ctx(image=image, analysed=seen, open_tab=gr.State("gradcam"))
     ctx.outputs.update(label=label, truth=truth)
     classify_button = gr.Button("classify", visible=False)
     classify_button.click(classify, inputs=[image], outputs=[label], api_name="classify")
@@ -418,6 +715,152 @@ def build_blocks_tab(ctx: Ctx) -> None:
     )
 
 
+def build_robustness_tab(ctx: Ctx) -> None:
+    with gr.Tab("Robustness", id="robustness") as tab:
+        gr.Markdown(
+            "What breaks the prediction? Corrupt the current image with the sliders (applied in the order "
+            "brightness/contrast, blur, noise, patch, then FGSM) and compare the top 5 and the Grad-CAM before and "
+            "after. FGSM is Captum's `captum.robust.FGSM`: one signed-gradient step of at most epsilon per pixel "
+            "that raises the loss of the reference class. The reference class is the true class for one of the "
+            "test images above, otherwise the model's prediction for the clean image."
+        )
+        with gr.Row():
+            noise = gr.Slider(0.0, 0.5, value=0.0, step=0.01, label="Gaussian noise sigma (fraction of 0..255)")
+            blur_sigma = gr.Slider(0.0, 3.0, value=0.0, step=0.1, label="Blur sigma (pixels)")
+            brightness = gr.Slider(-0.5, 0.5, value=0.0, step=0.02, label="Brightness shift (fraction of 0..255)")
+            contrast_ = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Contrast (1 = unchanged, 0 = flat grey)")
+        with gr.Row():
+            patch_size = gr.Slider(0, 32, value=0, step=1, label="Occluding patch side (pixels, 0 = none)")
+            patch_x = gr.Slider(0, 31, value=16, step=1, label="Patch centre x (column)")
+            patch_y = gr.Slider(0, 31, value=16, step=1, label="Patch centre y (row)")
+            fgsm_levels = gr.Slider(0, 16, value=0, step=1, label="FGSM epsilon (x/255 per pixel)", elem_id="fgsm-slider")
+        with gr.Row():
+            stage = gr.Radio(list(STAGE_NAMES), value="layer3", label="Grad-CAM layer", scale=2)
+            reset = gr.Button("Reset sliders", scale=1)
+        with gr.Row(equal_height=False):
+            perturbed = gr.Image(label="Perturbed image (what is classified, enlarged)", interactive=False, format="png",
+                                 height=256, elem_id="perturbed-image")
+            clean_label = gr.Label(num_top_classes=TOP_K, label="Clean image (top 5)", elem_id="clean-prediction")
+            perturbed_label = gr.Label(num_top_classes=TOP_K, label="Perturbed image (top 5)", elem_id="perturbed-prediction")
+        with gr.Row(equal_height=False):
+            # Square cells: a gallery's thumbnails are square, so a fixed height would crop them.
+            cams = gr.Gallery(label="Grad-CAM for the reference class: clean vs perturbed", columns=2, rows=1,
+                              object_fit="contain", format="png", allow_preview=False, elem_id="robustness-cams", scale=2)
+            note = gr.Markdown(elem_id="robustness-note")
+        gr.Markdown("### Sweep one perturbation")
+        with gr.Row():
+            kind = gr.Dropdown(list(robustness.SWEEP_KINDS), value="noise", label="Perturbation", scale=2)
+            sweep_button = gr.Button("Sweep", variant="primary", scale=1, elem_id="sweep-button")
+        line = gr.Plot(label="Reference-class confidence as the strength grows", elem_id="robustness-plot")
+        sweep_note = gr.Markdown(elem_id="sweep-note")
+    sliders = [noise, blur_sigma, brightness, contrast_, patch_size, patch_x, patch_y, fgsm_levels]
+    probe_outputs = [perturbed, clean_label, perturbed_label, cams, note]
+    gr.on(
+        [tab.select, stage.change, *(s.release for s in sliders)],
+        robustness_probe,
+        inputs=[ctx.image, *sliders, stage],
+        outputs=probe_outputs,
+        api_name="robustness_probe",
+    )
+    rest = [0.0, 0.0, 0.0, 1.0, 0, 16, 16, 0]
+    reset.click(
+        lambda: rest, outputs=sliders, api_name="robustness_reset", api_visibility="private", queue=False
+    ).then(robustness_probe, inputs=[ctx.image, *sliders, stage], outputs=probe_outputs, api_visibility="private")
+    gr.on(
+        [tab.select, sweep_button.click, kind.change],
+        robustness_sweep,
+        inputs=[ctx.image, kind, patch_x, patch_y],
+        outputs=[line, sweep_note],
+        api_name="robustness_sweep",
+    )
+    ctx.analysed.change(
+        robustness_follow,
+        inputs=[ctx.image, ctx.open_tab, *sliders, stage, kind],
+        outputs=[*probe_outputs, line, sweep_note],
+        api_name="robustness_follow",
+        api_visibility="private",
+    )
+
+
+def build_sanity_tab(ctx: Ctx) -> None:
+    with gr.Tab("Sanity check", id="sanity"):
+        gr.Markdown(
+            "Does the Grad-CAM depend on what the model learned? The model-randomisation check of Adebayo et al. "
+            "(2018, *Sanity Checks for Saliency Maps*): recompute the map with the last stage's weights "
+            "re-initialised (He init, fresh BatchNorm) and compare the two maps by Spearman rank correlation. "
+            "A map that survives random weights (high correlation) explains the image or the architecture, "
+            "not the model. Cascade re-initialises layer4, then layer4+layer3, and so on down to layer1."
+        )
+        with gr.Row():
+            cascade = gr.Checkbox(False, label="Cascade: layer4, then layer3, layer2, layer1 too")
+            stage = gr.Radio(list(STAGE_NAMES), value="layer4", label="Compare the Grad-CAM at")
+            run = gr.Button("Run the sanity check", variant="primary", elem_id="sanity-button")
+        maps = gr.Gallery(label="Grad-CAM: trained vs re-initialised", columns=5, rows=1,
+                          object_fit="contain", format="png", allow_preview=False, elem_id="sanity-gallery")
+        verdict = gr.Markdown(elem_id="sanity-verdict")
+        figure = gr.Plot(label="Spearman rank correlation per Grad-CAM layer", elem_id="sanity-plot")
+        with gr.Accordion("Numbers", open=False):
+            numbers = gr.JSON(label="metrics")
+    outputs = [maps, figure, verdict, numbers]
+    run.click(sanity_check, inputs=[ctx.image, cascade, stage], outputs=outputs, api_name="sanity_check")
+    ctx.analysed.change(sanity_follow, inputs=[ctx.image, ctx.open_tab, cascade, stage], outputs=outputs,
+                        api_name="sanity_follow", api_visibility="private")
+
+
+def build_test_set_tab(ctx: Ctx) -> None:
+    with gr.Tab("Test set", id="testset") as tab:
+        gr.Markdown(
+            "Where does the model fail? The confusion matrix counts all 10,000 test images (rows: true class, "
+            "columns: prediction). Pick a (true, predicted) pair to see its test images, most confident first, "
+            "then click one to compare its Grad-CAM for the predicted and for the true class. Only a selection "
+            "of the test set is shipped: every cell's most confident mistakes and some correct images per class."
+        )
+        missing = gr.Markdown(elem_id="testset-missing")
+        summary = gr.Markdown(elem_id="testset-summary")
+        normalise = gr.Checkbox(False, label="Colour by fraction of the true class (row-normalised); cells keep the counts")
+        with gr.Row(equal_height=False):
+            matrix = gr.Plot(label="Confusion matrix", elem_id="confusion-plot", scale=3)
+            bars = gr.Plot(label="Accuracy per class", elem_id="class-accuracy-plot", scale=2)
+        pair = gr.Dropdown([], value=None, label="True -> predicted (most frequent mistakes first, then each class's correct images)",
+                           allow_custom_value=True, elem_id="pair-dropdown")
+        pair_note = gr.Markdown(elem_id="pair-summary")
+        thumbs = gr.Gallery(label="Test images of this pair (click one)", columns=8, height=340, object_fit="contain",
+                            format="png", allow_preview=False, elem_id="test-gallery")
+        rows = gr.State([])
+        loaded = gr.State(False)
+        with gr.Row():
+            row = gr.Number(label="Test image # (row in evaluation.json; type one and press Enter)", precision=0,
+                            elem_id="test-row")
+            stage = gr.Radio(list(STAGE_NAMES), value="layer4", label="Grad-CAM layer")
+        with gr.Row(equal_height=False):
+            image = gr.Image(label="The test image (32x32, enlarged)", interactive=False, format="png", height=256, scale=1)
+            cams = gr.Gallery(label="Grad-CAM: predicted class vs true class", columns=2, rows=1,
+                              object_fit="contain", format="png", allow_preview=False, elem_id="test-cams", scale=2)
+        note = gr.Markdown(elem_id="test-image-note")
+    tab.select(open_test_set, inputs=[normalise, loaded], outputs=[missing, summary, matrix, bars, pair, loaded],
+               api_name="test_set")
+    normalise.change(confusion_matrix, inputs=[normalise], outputs=[matrix], api_name="confusion_matrix")
+    pair.change(test_pair_gallery, inputs=[pair], outputs=[thumbs, rows, pair_note, row], api_name="test_pair_gallery")
+    thumbs.select(select_test_image, inputs=[rows, stage], outputs=[row, image, cams, note],
+                  api_name="test_select_image", api_visibility="private")
+    gr.on([row.submit, stage.change], test_image_cams, inputs=[row, stage], outputs=[image, cams, note],
+          api_name="test_image_cams")
+
+
+def build_calibration_tab(ctx: Ctx) -> None:
+    with gr.Tab("Calibration", id="calibration") as tab:
+        gr.Markdown(
+            "How sure is the model when it is wrong? The reliability diagram bins the 10,000 test predictions by "
+            "confidence (the top softmax probability) and plots each bin's accuracy: a calibrated model sits on "
+            "the diagonal. The expected calibration error (ECE) is the gap, weighted by how many images each bin holds."
+        )
+        text = gr.Markdown(elem_id="calibration-summary")
+        reliability = gr.Plot(label="Reliability diagram", elem_id="reliability-plot")
+        histogram = gr.Plot(label="Confidence of right and wrong predictions", elem_id="confidence-plot")
+        loaded = gr.State(False)
+    tab.select(calibration, inputs=[loaded], outputs=[text, reliability, histogram, loaded], api_name="calibration")
+
+
 def build_training_tab(ctx: Ctx) -> None:
     with gr.Tab("Training curves", id="training"):
         history, why = figs.read_json(ASSETS / "history.json")
@@ -446,6 +889,10 @@ TABS: list[Callable[[Ctx], None]] = [
     build_gradcam_tab,
     build_features_tab,
     build_blocks_tab,
+    build_robustness_tab,
+    build_sanity_tab,
+    build_test_set_tab,
+    build_calibration_tab,
     build_training_tab,
     build_model_tab,
 ]
@@ -455,9 +902,12 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="ResNet-50 on CIFAR-10, explained", analytics_enabled=False) as demo:
         gr.Markdown(_header_markdown())
         ctx = build_classify_panel()
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             for build_tab in TABS:
                 build_tab(ctx)
+        for tab in tabs.children:
+            tab.select(opened(tab.id), outputs=[ctx.open_tab], queue=False, api_name=f"open_{tab.id}",
+                       api_visibility="private")
         c, o = ctx.controls, ctx.outputs
         # One forward + backward answers the prediction, the four Grad-CAMs
         # and the feature maps; the other tabs follow on ctx.analysed.change.

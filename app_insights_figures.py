@@ -1,8 +1,9 @@
-"""Plotly figures for the insight tabs: test-set explorer, calibration, robustness, sanity check.
+"""Plotly figures and short Markdown summaries for the insight tabs: test-set
+explorer, calibration, robustness, sanity check.
 
 Builders only: each takes the plain data that ``resnet.testset``,
 ``resnet.robustness`` or ``resnet.sanity`` returns and gives back a
-``plotly.graph_objects.Figure``. No model, no Gradio.
+``plotly.graph_objects.Figure`` or a Markdown string. No model, no Gradio.
 """
 
 from __future__ import annotations
@@ -237,3 +238,55 @@ def sanity_figure(result: dict[str, Any]) -> go.Figure:
         height=340,
     )
     return fig
+
+
+# ----- Markdown summaries ---------------------------------------------------------------
+
+
+def test_set_markdown(summary: dict[str, Any]) -> str:
+    """The test-set tab's headline, from ``resnet.testset.accuracy_summary``."""
+    tta = summary.get("accuracy_tta")
+    tta_text = f" ({tta:.2%} with horizontal-flip test-time augmentation)" if tta is not None else ""
+    dataset = f" ({summary['dataset']})" if summary.get("dataset") else ""
+    text = (
+        f"**{summary['accuracy']:.2%}** of the {summary['n']:,} test images{dataset} are classified "
+        f"correctly{tta_text}. Weakest class: **{summary['worst_class']}** ({summary['worst_class_accuracy']:.1%})."
+    )
+    if summary.get("most_confused"):
+        text += f" Most frequent mistake: **{summary['most_confused']}**."
+    return text
+
+
+def calibration_markdown(ev: dict[str, Any]) -> str:
+    """What the reliability diagram says, in sentences: ECE, over/under-confidence, temperature and its data."""
+    p = ev["predictions"]
+    conf = np.asarray(p["confidence"], dtype=np.float64)
+    accuracy = float(np.mean(np.asarray(p["label"]) == np.asarray(p["pred"])))
+    mean_conf = float(conf.mean())
+    bins = ev.get("ece_bins", len(ev["reliability"]["count"]))
+    if abs(mean_conf - accuracy) < 0.01:
+        lean = "about as confident as it is accurate"
+    elif mean_conf > accuracy:
+        lean = "over-confident"
+    else:
+        lean = "under-confident"
+    lines = [
+        f"Expected calibration error (ECE, {bins} equal-width confidence bins): **{float(ev['ece']):.2%}** on all "
+        f"{int(ev['n']):,} test images. Mean confidence {mean_conf:.1%} against {accuracy:.1%} accuracy: "
+        f"the model is {lean} on average."
+    ]
+    temperature = ev.get("temperature")
+    if temperature is None or ev.get("ece_after_temperature") is None or not np.isfinite(float(temperature)):
+        lines.append("No temperature was fitted for these weights (evaluation.json has none).")
+        return "\n\n".join(lines)
+    t = float(temperature)
+    effect = "sharpens the probabilities (T < 1)" if t < 1 else "softens the probabilities (T > 1)" if t > 1 else "changes nothing (T = 1)"
+    before = ev.get("ece_before_temperature_on_odd")
+    change = (f"{float(before):.2%} -> **{float(ev['ece_after_temperature']):.2%}** on the same held-out images"
+              if before is not None else f"**{float(ev['ece_after_temperature']):.2%}** after scaling")
+    lines.append(
+        f"**Temperature scaling:** dividing the logits by T = {t:.2f} {effect}; it never changes the predicted "
+        f"class, so accuracy stays the same. ECE {change}."
+    )
+    lines.append(f"*Which data:* the temperature was fitted on {ev.get('temperature_fit_on') or 'held-out data (not recorded)'}.")
+    return "\n\n".join(lines)

@@ -190,7 +190,12 @@ def verdict(metrics: dict[str, Any], threshold: float = 0.5) -> str:
                 "so it depends on what the model learned (passes the check).")
     if not np.isfinite(rho):
         return "One of the maps is flat, so the rank correlation is undefined."
-    if abs(rho) < threshold:
+    if rho <= -threshold:
+        # An inverted map is not the same map: it moved with the weights, but its
+        # layout is still tied to the image, which a user should hear about.
+        return (f"Rank correlation {rho:+.2f}: randomising the weights inverts the map (what was hot is now cold), "
+                "so it depends on what the model learned (passes the check), though its layout still follows the image.")
+    if rho < threshold:
         return (f"Rank correlation {rho:+.2f}: the map changes when the weights are randomised, "
                 "so it depends on what the model learned (passes the check).")
     return (f"Rank correlation {rho:+.2f}: the map survives randomised weights largely unchanged, "

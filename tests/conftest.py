@@ -1,17 +1,32 @@
-"""Shared fixtures: a tiny CIFAR-10 in every layout the trainer reads (made once per session)."""
+"""Shared fixtures: a tiny CIFAR-10 in every layout the trainer reads (made once per session),
+a synthetic evaluation.json + test_gallery.npz (``make_evaluation`` / ``write_assets``, plain
+functions: ``from conftest import ...``), and ``start_app``, the running explorer for the API and
+browser tests."""
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import socket
+import subprocess
+import sys
 import tarfile
+import time
+import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from resnet.constants import CLASSES
+from resnet.constants import CLASSES, NUM_CLASSES
+from resnet.testset import EVALUATION_FILE, GALLERY_FILE
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -99,3 +114,150 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ----- a synthetic test-set evaluation (what train.evaluate writes) ------------------------
+
+CAT, DOG, TRUCK, AUTOMOBILE = (CLASSES.index(c) for c in ("cat", "dog", "truck", "automobile"))
+
+
+def binned_reliability(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> dict[str, list]:
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    safe = np.maximum(count, 1)
+    return {
+        "bin_lower": edges[:-1].tolist(),
+        "bin_upper": edges[1:].tolist(),
+        "confidence": (np.bincount(which, conf, n_bins) / safe).tolist(),
+        "accuracy": (np.bincount(which, correct.astype(float), n_bins) / safe).tolist(),
+        "count": count.tolist(),
+    }
+
+
+def make_evaluation(seed: int = 0, per_class: int = 8, temperature: bool = True) -> dict[str, Any]:
+    """A small, self-consistent evaluation: 8 images per class, with cat->dog the most common mistake."""
+    rng = np.random.default_rng(seed)
+    label = np.repeat(np.arange(NUM_CLASSES), per_class)
+    pred = label.copy()
+    cats = np.flatnonzero(label == CAT)
+    pred[cats[:4]] = DOG  # 4 cats called dogs
+    pred[np.flatnonzero(label == DOG)[:2]] = CAT  # 2 dogs called cats
+    pred[np.flatnonzero(label == TRUCK)[:1]] = AUTOMOBILE  # 1 truck called automobile
+    confidence = rng.uniform(0.3, 1.0, len(label))
+    true_prob = np.where(pred == label, confidence, rng.uniform(0.0, 1.0 - confidence))
+    correct = pred == label
+    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=int)
+    np.add.at(cm, (label, pred), 1)
+    rel = binned_reliability(confidence, correct)
+    ev = {
+        "dataset": "synthetic",
+        "weights": "none",
+        "n": int(len(label)),
+        "accuracy": float(correct.mean()),
+        "accuracy_tta": None,
+        "per_class_accuracy": (np.diag(cm) / cm.sum(1)).tolist(),
+        "confusion_matrix": cm.tolist(),
+        "ece": 0.05,
+        "ece_bins": 15,
+        "reliability": rel,
+        "predictions": {
+            "label": label.tolist(),
+            "pred": pred.tolist(),
+            "confidence": confidence.tolist(),
+            "true_class_prob": true_prob.tolist(),
+        },
+    }
+    if temperature:
+        ev.update(temperature=1.5, temperature_fit_on="5,000 held-out training images",
+                  ece_after_temperature=0.02, reliability_after_temperature=binned_reliability(confidence * 0.9, correct))
+    return ev
+
+
+def write_assets(folder: Path, ev: dict[str, Any] | None = None, correct_per_class: int = 3) -> dict[str, Any]:
+    """evaluation.json + test_gallery.npz shipping every mistake and a few correct images per class."""
+    ev = make_evaluation() if ev is None else ev
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / EVALUATION_FILE).write_text(json.dumps(ev))
+    label = np.asarray(ev["predictions"]["label"])
+    pred = np.asarray(ev["predictions"]["pred"])
+    rows = list(np.flatnonzero(label != pred))
+    for k in range(NUM_CLASSES):
+        rows += list(np.flatnonzero((label == k) & (pred == k))[:correct_per_class])
+    rows = np.array(sorted(rows), dtype=np.int32)
+    # Each image encodes its own row in its first pixel, so a test can see which one came back.
+    images = np.zeros((len(rows), 32, 32, 3), np.uint8)
+    images[:, 0, 0, 0] = rows % 256
+    images[:, 0, 0, 1] = rows // 256
+    np.savez_compressed(folder / GALLERY_FILE, images=images, index=rows)
+    return ev
+
+
+# ----- the explorer as a running server ----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def start_app(log_dir: Path, **env: str) -> Iterator[str]:
+    """``python app.py`` on a free port (extra environment in ``env``); yields its URL, stops it after."""
+    port = free_port()
+    full_env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", **env)
+    log = open(log_dir / "app.log", "w+")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"app.py did not start:\n{log.read()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One app server on the shipped assets/, shared by every API test module."""
+    with start_app(tmp_path_factory.mktemp("app_log")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def client(server: str):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def local_probs():
+    """What the shipped weights say about an image file, computed in the test process (not by the server)."""
+    import torch
+
+    from resnet import preprocess
+    from resnet.weights import load_pretrained
+
+    model, _ = load_pretrained()
+
+    def probs(path: Path) -> np.ndarray:
+        x = preprocess.to_model_input(preprocess.load_image(path)).tensor
+        with torch.inference_mode():
+            return torch.softmax(model(x), 1)[0].numpy()
+
+    return probs

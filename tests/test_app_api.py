@@ -3,7 +3,8 @@ uploads with a sentence and keeps serving, answers parallel clients correctly
 and serves no file outside assets/. Also the figure builders and the Space
 upload's dry run, offline.
 
-One app server per module (``python app.py`` on a free port).
+One app server for the session (``server`` / ``client`` in conftest.py: ``python app.py``
+on a free port), shared with the insight tabs' API tests.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import zlib
@@ -25,69 +24,13 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-import torch
 from PIL import Image
 
 import app_figures as figs
-from resnet import CLASSES, explain, preprocess
-from resnet.weights import load_pretrained
+from resnet import CLASSES, explain
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    port = _free_port()
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
-    log_path = tmp_path_factory.mktemp("log") / "app.log"
-    log = open(log_path, "w+")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                log.seek(0)
-                pytest.fail(f"app.py did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    from gradio_client import Client
-
-    return Client(server, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def local_probs():
-    """What the shipped weights say, computed here without the server."""
-    model, _ = load_pretrained()
-
-    def probs(path: Path) -> np.ndarray:
-        x = preprocess.to_model_input(preprocess.load_image(path)).tensor
-        with torch.inference_mode():
-            return torch.softmax(model(x), 1)[0].numpy()
-
-    return probs
 
 
 def classify(client, path):
@@ -330,7 +273,7 @@ def test_model_card_and_architecture_markdown():
 
 def _fake_repo(root: Path) -> Path:
     files = {
-        "app.py": b"print()", "app_figures.py": b"", "requirements.txt": b"gradio\n", "README.md": b"---\nsdk: gradio\n---\n",
+        "app.py": b"print()", "app_figures.py": b"", "app_insights_figures.py": b"", "requirements.txt": b"gradio\n", "README.md": b"---\nsdk: gradio\n---\n",
         "resnet/__init__.py": b"", "resnet/explain.py": b"", "resnet/sub/deep.py": b"", "resnet/__pycache__/x.cpython-311.pyc": b"",
         "assets/resnet50_cifar10.safetensors": b"\0" * (11 * 1024 * 1024), "assets/samples/cat_0.png": b"png",
         "tests/test_x.py": b"", "train/trainer.py": b"", "bench/app_latency.py": b"", "data/cifar10.tar.gz": b"",
@@ -351,7 +294,7 @@ def test_push_space_dry_run_lists_exactly_the_space_files(tmp_path):
     assert out.returncode == 0, out.stderr
     listed = [line.split()[1] for line in out.stdout.splitlines() if line[:12].strip().replace(",", "").isdigit()]
     assert listed == [
-        "README.md", "app.py", "app_figures.py", "assets/resnet50_cifar10.safetensors", "assets/samples/cat_0.png",
+        "README.md", "app.py", "app_figures.py", "app_insights_figures.py", "assets/resnet50_cifar10.safetensors", "assets/samples/cat_0.png",
         "requirements.txt", "resnet/__init__.py", "resnet/explain.py", "resnet/sub/deep.py",
     ]
     big = next(line for line in out.stdout.splitlines() if "resnet50_cifar10.safetensors" in line)
@@ -359,14 +302,17 @@ def test_push_space_dry_run_lists_exactly_the_space_files(tmp_path):
     assert "Dry run: nothing was uploaded." in out.stdout
 
 
-def test_push_space_dry_run_flags_a_missing_readme(tmp_path):
+def test_push_space_dry_run_flags_a_missing_readme_or_app_module(tmp_path):
     from train import push_space
 
     root = _fake_repo(tmp_path)
     (root / "README.md").unlink()
+    (root / "app_insights_figures.py").unlink()
     files = push_space.selected_files(root)
     assert "README.md" not in {rel for rel, _ in files}
-    assert any("README.md is missing" in p for p in push_space.problems(root, files))
+    found = push_space.problems(root, files)
+    assert any("README.md is missing" in p for p in found)
+    assert any("app_insights_figures.py is missing" in p for p in found)
     assert push_space.main(["--repo-id", "someone/space", "--dry-run", "--root", str(root)]) == 1
     with pytest.raises(SystemExit):
         push_space.main(["--repo-id", "not-a-repo-id", "--dry-run"])

@@ -1,5 +1,7 @@
 """A real browser drives the explorer: click a sample, see a prediction and the
-Grad-CAM images, open every tab and see its Plotly charts drawn.
+Grad-CAM images, open every tab and see its Plotly charts drawn; probe the
+image's robustness, run the saliency sanity check, browse the test set's
+mistakes down to one image's two Grad-CAMs, and read the calibration.
 
 Runs Debian's headless Chromium through Playwright. A missing browser is a
 failure, not a skip (CI must run this), unless ALLOW_NO_BROWSER=1.
@@ -10,14 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import start_app, write_assets
+from resnet.testset import EVALUATION_FILE, GALLERY_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -50,12 +50,6 @@ def _browser_or_fail() -> None:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fake_history(epochs: int = 6) -> dict:
     rows = []
     for e in range(1, epochs + 1):
@@ -72,38 +66,22 @@ def _fake_history(epochs: int = 6) -> dict:
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     _browser_or_fail()
-    # A private assets folder: the shipped weights and samples, plus a
-    # synthetic history.json so the training chart is exercised whether or
-    # not the real one has been exported yet.
+    # A private assets folder: the shipped weights, samples and test-set files,
+    # plus a synthetic history.json so the training chart is exercised whether
+    # or not the real one has been exported yet. Without a shipped evaluation
+    # the test-set tabs get a small synthetic one.
     assets = tmp_path_factory.mktemp("assets")
-    for name in ("resnet50_cifar10.safetensors", "model_card.json"):
+    for name in ("resnet50_cifar10.safetensors", "model_card.json", EVALUATION_FILE, GALLERY_FILE):
         if (ROOT / "assets" / name).exists():
             (assets / name).symlink_to(ROOT / "assets" / name)
+    if not (assets / EVALUATION_FILE).exists() or not (assets / GALLERY_FILE).exists():
+        for name in (EVALUATION_FILE, GALLERY_FILE):
+            (assets / name).unlink(missing_ok=True)
+        write_assets(assets)
     shutil.copytree(ROOT / "assets" / "samples", assets / "samples")
     (assets / "history.json").write_text(json.dumps(_fake_history()))
-    port = _free_port()
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", EXPLORER_ASSETS_DIR=str(assets))
-    log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                log.seek(0)
-                pytest.fail(f"app.py did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with start_app(tmp_path_factory.mktemp("log"), EXPLORER_ASSETS_DIR=str(assets)) as url:
+        yield url
 
 
 def _plotly_count(page, selector: str) -> int:
@@ -167,6 +145,8 @@ def test_click_sample_then_every_tab_renders(app_url):
             expect(page.locator("#model-card").get_by_text("Data set")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "browser-model.png"), full_page=True)
 
+            _insight_tabs(page)
+
             page.get_by_role("tab", name="Grad-CAM at every stage").click()
             expect(gallery_images).to_have_count(4)
             page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
@@ -187,3 +167,78 @@ def test_click_sample_then_every_tab_renders(app_url):
         finally:
             browser.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _wait_plots(page, selector: str, n: int = 1, timeout: int = 30_000) -> None:
+    page.wait_for_function(
+        f"() => document.querySelectorAll('{selector} .js-plotly-plot svg.main-svg').length >= {n}", timeout=timeout
+    )
+
+
+def _images_loaded(locator, n: int) -> None:
+    from playwright.sync_api import expect
+
+    expect(locator).to_have_count(n, timeout=30_000)
+    for i in range(n):
+        expect(locator.nth(i)).to_have_js_property("complete", True)
+        assert locator.nth(i).evaluate("img => img.naturalWidth") > 0
+
+
+def _insight_tabs(page) -> None:
+    """The four insight tabs, on the cat sample chosen above."""
+    from playwright.sync_api import expect
+
+    # Robustness: opening the tab probes the image and sweeps the default perturbation.
+    page.get_by_role("tab", name="Robustness").click()
+    _wait_plots(page, "#robustness-plot")
+    _images_loaded(page.locator("#robustness-cams img"), 2)
+    expect(page.locator("#robustness-note")).to_contain_text("the true class of this CIFAR-10 test image")
+    expect(page.locator("#robustness-note")).to_contain_text("largest pixel change 0 of 255")
+    # Move the FGSM slider: the perturbed image is attacked by 3/255 at most.
+    slider = page.locator("#fgsm-slider input[type=number]")
+    slider.fill("3")
+    slider.blur()  # Gradio's slider sends "release" when its number box loses focus
+    expect(page.locator("#robustness-note")).to_contain_text("largest pixel change 3 of 255", timeout=30_000)
+    page.get_by_label("Perturbation").click()
+    page.get_by_role("option", name="fgsm").click()
+    page.locator("#sweep-button").click()
+    expect(page.locator("#sweep-note")).to_contain_text("fgsm:", timeout=30_000)
+    _wait_plots(page, "#robustness-plot")
+    page.screenshot(path=str(ARTIFACTS / "browser-robustness.png"), full_page=True)
+    # A new image while the tab is open: the probe and the sweep follow it.
+    page.locator("#samples").locator("img").nth(24).click()  # ship_0.png
+    expect(page.locator("#robustness-note")).to_contain_text("Reference class: ship", timeout=60_000)
+    expect(page.locator("#sweep-note")).to_contain_text("Reference class: ship", timeout=30_000)
+
+    # Sanity check: one button, trained vs re-initialised Grad-CAM and a verdict.
+    page.get_by_role("tab", name="Sanity check").click()
+    page.locator("#sanity-button").click()
+    _images_loaded(page.locator("#sanity-gallery img"), 2)
+    expect(page.locator("#sanity-verdict")).to_contain_text("layer4 re-initialised", timeout=30_000)
+    _wait_plots(page, "#sanity-plot")
+    page.screenshot(path=str(ARTIFACTS / "browser-sanity.png"), full_page=True)
+
+    # Test set: the confusion matrix, a pair's gallery, one image's two Grad-CAMs.
+    page.get_by_role("tab", name="Test set").click()
+    _wait_plots(page, "#confusion-plot")
+    _wait_plots(page, "#class-accuracy-plot")
+    expect(page.locator("#pair-summary")).to_contain_text("most confident first", timeout=30_000)
+    page.locator("#pair-dropdown input").click()
+    option = page.get_by_role("option").nth(1)  # the second most frequent mistake
+    true_name, pred_name = option.inner_text().split(" (")[0].split(" -> ")
+    option.click()
+    expect(page.locator("#pair-summary")).to_contain_text(f"of {true_name} predicted {pred_name}", timeout=30_000)
+    thumbs = page.locator("#test-gallery img")
+    expect(thumbs.first).to_be_visible(timeout=30_000)
+    assert thumbs.count() >= 1
+    thumbs.first.click()
+    _images_loaded(page.locator("#test-cams img"), 2)
+    expect(page.locator("#test-image-note")).to_contain_text(f"true class {true_name}", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "browser-testset.png"), full_page=True)
+
+    # Calibration: the reliability diagram and what it says about the temperature.
+    page.get_by_role("tab", name="Calibration").click()
+    _wait_plots(page, "#reliability-plot")
+    _wait_plots(page, "#confidence-plot")
+    expect(page.locator("#calibration-summary")).to_contain_text("Expected calibration error")
+    page.screenshot(path=str(ARTIFACTS / "browser-calibration.png"), full_page=True)

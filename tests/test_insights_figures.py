@@ -18,7 +18,7 @@ from app_insights_figures import (
 )
 from resnet.constants import CLASSES
 from resnet.robustness import STRENGTH_UNITS, SweepPoint
-from test_testset import make_evaluation  # the synthetic evaluation.json of the test-set tests
+from conftest import make_evaluation  # the synthetic evaluation.json (tests/conftest.py)
 
 
 def serialisable(fig: go.Figure) -> dict:
@@ -121,7 +121,7 @@ def test_sanity_figure_has_one_bar_group_per_cascade_step() -> None:
 @pytest.mark.parametrize("builder", [confusion_matrix_figure, per_class_accuracy_figure, reliability_figure])
 def test_figures_accept_the_validated_evaluation_with_numpy_arrays(tmp_path, builder) -> None:
     from resnet.testset import TestSet
-    from test_testset import write_assets
+    from conftest import write_assets
 
     write_assets(tmp_path)
     serialisable(builder(TestSet(tmp_path).evaluation))

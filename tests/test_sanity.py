@@ -81,6 +81,16 @@ def test_a_flat_map_has_no_rank_correlation() -> None:
         spearman(np.zeros(4), np.zeros(5))
 
 
+def test_the_verdict_reads_the_sign_of_the_rank_correlation() -> None:
+    ramp = np.arange(16.0).reshape(4, 4)
+    same = compare_maps({"layer4": ramp}, {"layer4": ramp ** 2})["layer4"]
+    inverted = compare_maps({"layer4": ramp}, {"layer4": -ramp + 16})["layer4"]
+    unrelated = {"spearman": 0.1}
+    assert "survives" in verdict(same) and "passes" not in verdict(same)
+    assert "inverts" in verdict(inverted) and "passes" in verdict(inverted)
+    assert "changes" in verdict(unrelated) and "passes" in verdict(unrelated)
+
+
 def test_top_overlap_is_one_for_the_same_hot_spot_and_zero_for_disjoint_ones() -> None:
     a = np.zeros((5, 5))
     a[0, 0] = 1

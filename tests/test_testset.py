@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import AUTOMOBILE, CAT, DOG, TRUCK, make_evaluation, write_assets
 from resnet.constants import CLASSES, NUM_CLASSES
 from resnet.testset import (
     EVALUATION_FILE,
@@ -25,80 +26,6 @@ from resnet.testset import (
     pair_label,
     parse_pair,
 )
-
-CAT, DOG, TRUCK, AUTOMOBILE = (CLASSES.index(c) for c in ("cat", "dog", "truck", "automobile"))
-
-
-def reliability(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> dict[str, list]:
-    edges = np.linspace(0, 1, n_bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1]), 0, n_bins - 1)
-    count = np.bincount(which, minlength=n_bins)
-    safe = np.maximum(count, 1)
-    return {
-        "bin_lower": edges[:-1].tolist(),
-        "bin_upper": edges[1:].tolist(),
-        "confidence": (np.bincount(which, conf, n_bins) / safe).tolist(),
-        "accuracy": (np.bincount(which, correct.astype(float), n_bins) / safe).tolist(),
-        "count": count.tolist(),
-    }
-
-
-def make_evaluation(seed: int = 0, per_class: int = 8, temperature: bool = True) -> dict[str, Any]:
-    """A small, self-consistent evaluation: 8 images per class, with cat->dog the most common mistake."""
-    rng = np.random.default_rng(seed)
-    label = np.repeat(np.arange(NUM_CLASSES), per_class)
-    pred = label.copy()
-    cats = np.flatnonzero(label == CAT)
-    pred[cats[:4]] = DOG  # 4 cats called dogs
-    pred[np.flatnonzero(label == DOG)[:2]] = CAT  # 2 dogs called cats
-    pred[np.flatnonzero(label == TRUCK)[:1]] = AUTOMOBILE  # 1 truck called automobile
-    confidence = rng.uniform(0.3, 1.0, len(label))
-    true_prob = np.where(pred == label, confidence, rng.uniform(0.0, 1.0 - confidence))
-    correct = pred == label
-    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=int)
-    np.add.at(cm, (label, pred), 1)
-    rel = reliability(confidence, correct)
-    ev = {
-        "dataset": "synthetic",
-        "weights": "none",
-        "n": int(len(label)),
-        "accuracy": float(correct.mean()),
-        "accuracy_tta": None,
-        "per_class_accuracy": (np.diag(cm) / cm.sum(1)).tolist(),
-        "confusion_matrix": cm.tolist(),
-        "ece": 0.05,
-        "ece_bins": 15,
-        "reliability": rel,
-        "predictions": {
-            "label": label.tolist(),
-            "pred": pred.tolist(),
-            "confidence": confidence.tolist(),
-            "true_class_prob": true_prob.tolist(),
-        },
-    }
-    if temperature:
-        ev.update(temperature=1.5, temperature_fit_on="5,000 held-out training images",
-                  ece_after_temperature=0.02, reliability_after_temperature=reliability(confidence * 0.9, correct))
-    return ev
-
-
-def write_assets(folder: Path, ev: dict[str, Any] | None = None, correct_per_class: int = 3) -> dict[str, Any]:
-    """evaluation.json + test_gallery.npz shipping every mistake and a few correct images per class."""
-    ev = make_evaluation() if ev is None else ev
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / EVALUATION_FILE).write_text(json.dumps(ev))
-    label = np.asarray(ev["predictions"]["label"])
-    pred = np.asarray(ev["predictions"]["pred"])
-    rows = list(np.flatnonzero(label != pred))
-    for k in range(NUM_CLASSES):
-        rows += list(np.flatnonzero((label == k) & (pred == k))[:correct_per_class])
-    rows = np.array(sorted(rows), dtype=np.int32)
-    # Each image encodes its own row in its first pixel, so a test can see which one came back.
-    images = np.zeros((len(rows), 32, 32, 3), np.uint8)
-    images[:, 0, 0, 0] = rows % 256
-    images[:, 0, 0, 1] = rows // 256
-    np.savez_compressed(folder / GALLERY_FILE, images=images, index=rows)
-    return ev
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
     python -m train.push_space --repo-id USER/SPACE [--dry-run] [--private]
 
 The Space runs ``app.py`` on the shipped weights, so it needs the app, its
-figures module, the ``resnet`` package, ``assets/`` and the README (whose YAML
+figure modules, the ``resnet`` package, ``assets/`` and the README (whose YAML
 front matter configures the Space) - no tests, no training code, no data.
 ``--dry-run`` lists the files and their sizes without touching the network.
 Files over 10 MB are stored by the Hub through LFS/Xet; ``upload_folder``
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOW_PATTERNS: list[str] = [
     "app.py",
     "app_figures.py",
+    "app_insights_figures.py",
     "requirements.txt",
     "README.md",
     "resnet/*.py",  # fnmatch: "resnet/**/*.py" alone would miss files directly in resnet/
@@ -51,7 +52,9 @@ def problems(root: Path, files: list[tuple[str, int]]) -> list[str]:
     """What would make the Space fail to start, in sentences."""
     names = {rel for rel, _ in files}
     found = []
-    for required in ("app.py", "app_figures.py", "requirements.txt", "resnet/__init__.py", "assets/resnet50_cifar10.safetensors"):
+    required_files = ("app.py", "app_figures.py", "app_insights_figures.py", "requirements.txt", "resnet/__init__.py",
+                      "assets/resnet50_cifar10.safetensors")
+    for required in required_files:
         if required not in names:
             found.append(f"{required} is missing: the Space cannot start without it.")
     readme = root / "README.md"
