@@ -261,3 +261,29 @@ def local_probs():
             return torch.softmax(model(x), 1)[0].numpy()
 
     return probs
+
+
+def nonidentity_resnet50(seed: int = 0, readout_scale: float = 1.0, stem: str = "cifar"):
+    """A random ResNet-50 in eval mode whose blocks are not identities.
+
+    Zero-init of the last BN makes every fresh block an identity, which would
+    hide most of the network from a test; random BN parameters and statistics
+    exercise every path. ``readout_scale`` < 1 shrinks fc so the softmax of a
+    random net stays unsaturated and probabilities can move.
+    """
+    import torch
+    from torch import nn
+
+    from resnet import resnet50
+
+    torch.manual_seed(seed)
+    model = resnet50(stem=stem)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
+            m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.1
+            m.running_mean = torch.randn(m.running_mean.shape, generator=g) * 0.1
+            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
+    model.fc.weight.data *= readout_scale
+    return model.eval()

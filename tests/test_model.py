@@ -6,25 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import nonidentity_resnet50
 from resnet import FEATURE_NAMES, STAGE_NAMES, Bottleneck, resnet50
-
-
-def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Zero-init makes every block an identity; random BN statistics exercise every path."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
-            m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.1
-            m.running_mean = torch.randn(m.running_mean.shape, generator=g) * 0.1
-            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
-    return model
 
 
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
-    torch.manual_seed(0)
-    return randomise_batchnorm(resnet50()).eval()
+    return nonidentity_resnet50()
 
 
 def test_parameter_count_with_cifar_stem_is_23_520_842() -> None:
@@ -84,7 +72,7 @@ def test_state_dict_loads_strictly_into_torchvision_and_gives_the_same_logits(mo
 
 @pytest.mark.parametrize("stem,size", [("cifar", 32), ("imagenet", 64)])
 def test_intermediates_match_feature_info(stem: str, size: int) -> None:
-    m = randomise_batchnorm(resnet50(stem=stem)).eval()  # type: ignore[arg-type]
+    m = nonidentity_resnet50(stem=stem)
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         out = m.forward_intermediates(x)
@@ -138,17 +126,17 @@ def test_single_block_anatomy_by_index_or_name_matches_the_full_pass(model: nn.M
 
 def test_zero_init_makes_every_block_start_as_identity_plus_relu() -> None:
     m = resnet50().eval()
-    assert all(float(b.bn3.weight.abs().sum()) == 0 for b in m.blocks().values())
+    assert all(float(b.bn3.weight.detach().abs().sum()) == 0 for b in m.blocks().values())
     with torch.no_grad():
         _, anatomies = m.block_anatomies(torch.randn(1, 3, 32, 32))
     for a in anatomies:
         assert float(a.residual.abs().max()) == 0.0
-    assert all(float(b.bn3.weight.abs().sum()) > 0 for b in resnet50(zero_init_residual=False).blocks().values())
+    assert all(float(b.bn3.weight.detach().abs().sum()) > 0 for b in resnet50(zero_init_residual=False).blocks().values())
 
 
 def test_convs_use_kaiming_fan_out_init() -> None:
     torch.manual_seed(0)
-    w = resnet50().layer3[0].conv2.weight  # 256 out channels, 3x3: fan_out = 2304
+    w = resnet50().layer3[0].conv2.weight.detach()  # 256 out channels, 3x3: fan_out = 2304
     expected_std = (2.0 / (256 * 9)) ** 0.5
     assert abs(float(w.std()) - expected_std) / expected_std < 0.05
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import nonidentity_resnet50
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,18 +36,7 @@ from resnet.robustness import (
 
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
-    """A random ResNet-50 whose blocks are not identities (zero-init would hide most of the net)."""
-    torch.manual_seed(0)
-    m = resnet50()
-    g = torch.Generator().manual_seed(0)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.weight.data = torch.rand(mod.weight.shape, generator=g) + 0.5
-            mod.bias.data = torch.randn(mod.bias.shape, generator=g) * 0.1
-    # Activations grow through 16 non-identity blocks; a smaller read-out keeps the
-    # softmax unsaturated (logit std ~2), so probabilities and losses can move.
-    m.fc.weight.data *= 0.05
-    return m.eval()
+    return nonidentity_resnet50(readout_scale=0.05)
 
 
 def image(seed: int = 0) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import nonidentity_resnet50
 import torch
 from torch import nn
 
@@ -25,17 +26,7 @@ from resnet.sanity import (
 
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
-    """A random ResNet-50 standing in for a trained one: non-identity blocks, unsaturated softmax."""
-    torch.manual_seed(0)
-    m = resnet50()
-    g = torch.Generator().manual_seed(0)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.weight.data = torch.rand(mod.weight.shape, generator=g) + 0.5
-            mod.bias.data = torch.randn(mod.bias.shape, generator=g) * 0.1
-            mod.running_mean = torch.randn(mod.running_mean.shape, generator=g) * 0.1
-    m.fc.weight.data *= 0.05
-    return m.eval()
+    return nonidentity_resnet50(readout_scale=0.05)
 
 
 @pytest.fixture
