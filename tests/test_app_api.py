@@ -273,7 +273,7 @@ def test_model_card_and_architecture_markdown():
 
 def _fake_repo(root: Path) -> Path:
     files = {
-        "app.py": b"print()", "app_figures.py": b"", "app_insights_figures.py": b"", "requirements.txt": b"gradio\n", "README.md": b"---\nsdk: gradio\n---\n",
+        "app.py": b"print()", "app_handlers.py": b"", "app_figures.py": b"", "app_insights_figures.py": b"", "requirements.txt": b"gradio\n", "README.md": b"---\nsdk: gradio\n---\n",
         "resnet/__init__.py": b"", "resnet/explain.py": b"", "resnet/sub/deep.py": b"", "resnet/__pycache__/x.cpython-311.pyc": b"",
         "assets/resnet50_cifar10.safetensors": b"\0" * (11 * 1024 * 1024), "assets/samples/cat_0.png": b"png",
         "tests/test_x.py": b"", "train/trainer.py": b"", "bench/app_latency.py": b"", "data/cifar10.tar.gz": b"",
@@ -294,7 +294,7 @@ def test_push_space_dry_run_lists_exactly_the_space_files(tmp_path):
     assert out.returncode == 0, out.stderr
     listed = [line.split()[1] for line in out.stdout.splitlines() if line[:12].strip().replace(",", "").isdigit()]
     assert listed == [
-        "README.md", "app.py", "app_figures.py", "app_insights_figures.py", "assets/resnet50_cifar10.safetensors", "assets/samples/cat_0.png",
+        "README.md", "app.py", "app_figures.py", "app_handlers.py", "app_insights_figures.py", "assets/resnet50_cifar10.safetensors", "assets/samples/cat_0.png",
         "requirements.txt", "resnet/__init__.py", "resnet/explain.py", "resnet/sub/deep.py",
     ]
     big = next(line for line in out.stdout.splitlines() if "resnet50_cifar10.safetensors" in line)

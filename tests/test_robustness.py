@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet import resnet50
 from resnet.constants import MEAN
 from resnet.robustness import (
     SWEEP_KINDS,

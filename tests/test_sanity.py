@@ -8,7 +8,7 @@ from conftest import nonidentity_resnet50
 import torch
 from torch import nn
 
-from resnet import STAGE_NAMES, resnet50
+from resnet import STAGE_NAMES
 from resnet.explain import gradcam_all_stages
 from resnet.sanity import (
     SanityError,

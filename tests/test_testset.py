@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import AUTOMOBILE, CAT, DOG, TRUCK, make_evaluation, write_assets
-from resnet.constants import CLASSES, NUM_CLASSES
+from resnet.constants import NUM_CLASSES
 from resnet.testset import (
     EVALUATION_FILE,
     GALLERY_FILE,

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 ALLOW_PATTERNS: list[str] = [
     "app.py",
+    "app_handlers.py",
     "app_figures.py",
     "app_insights_figures.py",
     "requirements.txt",
@@ -52,7 +53,7 @@ def problems(root: Path, files: list[tuple[str, int]]) -> list[str]:
     """What would make the Space fail to start, in sentences."""
     names = {rel for rel, _ in files}
     found = []
-    required_files = ("app.py", "app_figures.py", "app_insights_figures.py", "requirements.txt", "resnet/__init__.py",
+    required_files = ("app.py", "app_handlers.py", "app_figures.py", "app_insights_figures.py", "requirements.txt", "resnet/__init__.py",
                       "assets/resnet50_cifar10.safetensors")
     for required in required_files:
         if required not in names:
