@@ -9,6 +9,7 @@ sentence a user can act on; the app shows it as is.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -251,8 +252,38 @@ def to_model_input(img: Image.Image, size: int = INPUT_SIZE) -> ModelInput:
         # 4000 px photo is properly low-pass filtered, not aliased.
         square = square.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     seen = np.asarray(square, dtype=np.uint8).copy()
-    x = torch.from_numpy(seen).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(MEAN).view(3, 1, 1)
-    std = torch.tensor(STD).view(3, 1, 1)
-    x = (x - mean) / std
-    return ModelInput(tensor=x.unsqueeze(0).contiguous(), seen=seen)
+    return ModelInput(tensor=normalise(images_to_pixels(seen)).contiguous(), seen=seen)
+
+
+# ----- pixels <-> model input: the one place that applies the training mean/std --------------
+
+
+@functools.lru_cache(maxsize=8)
+def _stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: a host-to-device copy every training step would stall the CUDA stream.
+    mean = torch.tensor(MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
+def images_to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) or (N, H, W, 3), array or tensor -> float (N, 3, H, W) on a 0..1 scale.
+
+    The result is a permuted view of the NHWC memory, i.e. already channels_last.
+    """
+    batch = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if batch.ndim == 3:
+        batch = batch[None]
+    return batch.permute(0, 3, 1, 2).float() / 255.0
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """0..1 RGB pixels (N, 3, H, W) -> what the network takes: standardised with the training mean/std."""
+    mean, std = _stats(pixels.device)
+    return (pixels - mean) / std
+
+
+def denormalise(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``normalise``: model input -> 0..1 RGB pixels."""
+    mean, std = _stats(x.device)
+    return x * std + mean

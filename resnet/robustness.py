@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .constants import CLASSES, MEAN, STD
+from .constants import CLASSES, MEAN
+from .preprocess import denormalise, images_to_pixels, normalise, to_model_input
 
 SWEEP_KINDS: tuple[str, ...] = ("noise", "blur", "brightness", "contrast", "occlusion", "fgsm")
 
@@ -62,30 +63,6 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 def _from_unit(x: np.ndarray) -> np.ndarray:
     """float image on a 0..1 scale -> uint8, rounding to the nearest level."""
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-
-def _stats(device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    mean = torch.tensor(MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return mean, std
-
-
-def images_to_pixels(images: np.ndarray) -> Tensor:
-    """uint8 (H, W, 3) or (N, H, W, 3) -> float (N, 3, H, W) on a 0..1 scale."""
-    batch = np.asarray(images)
-    if batch.ndim == 3:
-        batch = batch[None]
-    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def normalise(pixels: Tensor) -> Tensor:
-    mean, std = _stats(pixels.device)
-    return (pixels - mean) / std
-
-
-def denormalise(x: Tensor) -> Tensor:
-    mean, std = _stats(x.device)
-    return x * std + mean
 
 
 class PixelSpaceModel(nn.Module):
@@ -391,7 +368,6 @@ def apply_settings(image: np.ndarray, *, noise: float = 0.0, blur_sigma: float =
 def _model_input(image: np.ndarray) -> Tensor:
     from PIL import Image
 
-    from .preprocess import to_model_input
 
     return to_model_input(Image.fromarray(image)).tensor
 

@@ -8,29 +8,22 @@ is reproducible and a resumed run continues the same random stream.
 
 from __future__ import annotations
 
-import functools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from resnet.constants import INPUT_SIZE, MEAN, STD
-
-
-@functools.lru_cache(maxsize=8)
-def _stats(device: torch.device) -> tuple[Tensor, Tensor]:
-    # Made once per device: a host-to-device copy every step would stall the CUDA stream.
-    return torch.tensor(MEAN, device=device) * 255, 1.0 / (torch.tensor(STD, device=device) * 255)
+from resnet.constants import INPUT_SIZE
+from resnet.preprocess import images_to_pixels, normalise
 
 
 def normalize(images: Tensor, channels_last: bool = True) -> Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), standardised with the CIFAR-10 mean/std.
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), standardised like every model input.
 
     Permuting NHWC to NCHW gives a tensor whose memory already is channels_last,
     so that layout costs nothing; the classic layout needs one copy.
     """
-    mean, inv_std = _stats(images.device)
-    x = ((images.float() - mean) * inv_std).permute(0, 3, 1, 2)
+    x = normalise(images_to_pixels(images))
     return x if channels_last else x.contiguous()
 
 
