@@ -42,6 +42,7 @@ from app_handlers import (  # noqa: I001
     classify,
     confusion_matrix,
     contrast,
+    contrast_follow,
     explain,
     feature_maps,
     figs,
@@ -156,7 +157,7 @@ def build_classify_panel() -> Ctx:
 
 
 def build_gradcam_tab(ctx: Ctx) -> None:
-    with gr.Tab("Grad-CAM at every stage", id="gradcam"):
+    with gr.Tab("Grad-CAM at every stage", id="gradcam") as tab:
         gr.Markdown(
             "Captum's `LayerGradCam` (ReLU applied) at the output of each stage, for the class you choose: "
             "where the evidence for that class sits at each depth. All four maps come from one forward and "
@@ -194,11 +195,18 @@ def build_gradcam_tab(ctx: Ctx) -> None:
         api_name="gradcam",
     )
     gr.on(
-        [ctx.analysed.change, method.change, target.change],
+        [tab.select, method.change, target.change, opacity.release],
         contrast,
         inputs=[ctx.image, target, method, opacity],
         outputs=[contrast_image, contrast_note],
         api_name="contrast",
+    )
+    ctx.analysed.change(
+        contrast_follow,
+        inputs=[ctx.image, ctx.open_tab, target, method, opacity],
+        outputs=[contrast_image, contrast_note],
+        api_name="contrast_follow",
+        api_visibility="private",
     )
 
 
@@ -330,7 +338,7 @@ def build_sanity_tab(ctx: Ctx) -> None:
 def build_test_set_tab(ctx: Ctx) -> None:
     with gr.Tab("Test set", id="testset") as tab:
         gr.Markdown(
-            "Where does the model fail? The confusion matrix counts all 10,000 test images (rows: true class, "
+            "Where does the model fail? The confusion matrix counts every evaluated test image (rows: true class, "
             "columns: prediction). Pick a (true, predicted) pair to see its test images, most confident first, "
             "then click one to compare its Grad-CAM for the predicted and for the true class. Only a selection "
             "of the test set is shipped: every cell's most confident mistakes and some correct images per class."
@@ -370,7 +378,7 @@ def build_test_set_tab(ctx: Ctx) -> None:
 def build_calibration_tab(ctx: Ctx) -> None:
     with gr.Tab("Calibration", id="calibration") as tab:
         gr.Markdown(
-            "How sure is the model when it is wrong? The reliability diagram bins the 10,000 test predictions by "
+            "How sure is the model when it is wrong? The reliability diagram bins all evaluated test predictions by "
             "confidence (the top softmax probability) and plots each bin's accuracy: a calibrated model sits on "
             "the diagonal. The expected calibration error (ECE) is the gap, weighted by how many images each bin holds."
         )

@@ -250,12 +250,23 @@ def contrast(image: str | None, target: str, method: str, opacity: float) -> tup
     attribution = explain.contrast_map(MODEL, x.tensor, t, method)
     what = {
         "Integrated Gradients": "pixel-level: |gradient x (image - mean image)| integrated along the path, summed over RGB",
-        "Occlusion": "how much the logit drops when an 8x8 patch is greyed out (stride 4)",
+        "Occlusion": "how much the logit drops when an 8x8 patch is replaced by the data set's mean colour (stride 4)",
     }[method]
     return (
         explain.overlay(x.seen, attribution, opacity=float(opacity), size=DISPLAY),
         f"**{method}** for **{CLASSES[t]}**: {what}. Unlike Grad-CAM it does not look inside the network's stages.",
     )
+
+
+def contrast_follow(image: str | None, open_tab: str, target: str, method: str, opacity: float) -> tuple:
+    """A new image: redo the contrast map if the Grad-CAM tab is on screen, else clear it.
+
+    Integrated Gradients costs about ten full analyses on this CPU, so images
+    browsed from another tab do not pay for it; opening the tab computes it.
+    """
+    if open_tab != "gradcam" or image is None:
+        return None, ""
+    return contrast(image, target, method, opacity)
 
 
 # ----- insight handlers: test set, calibration, robustness, sanity --------------------------
@@ -520,9 +531,9 @@ def robustness_follow(image: str | None, open_tab: str, *settings: Any) -> tuple
     """A new image: redo the probe and the sweep if their tab is open, else clear them (they compute when opened)."""
     if open_tab != "robustness" or image is None:
         return (None,) * 4 + ("",) + (None, "")
-    *probe_settings, kind = settings
-    patch_x, patch_y = probe_settings[5], probe_settings[6]
-    return (*robustness_probe(image, *probe_settings), *robustness_sweep(image, kind, patch_x, patch_y))
+    noise, blur_sigma, brightness, contrast_, patch_size, patch_x, patch_y, fgsm_levels, stage, kind = settings
+    probe = robustness_probe(image, noise, blur_sigma, brightness, contrast_, patch_size, patch_x, patch_y, fgsm_levels, stage)
+    return (*probe, *robustness_sweep(image, kind, patch_x, patch_y))
 
 
 def sanity_follow(image: str | None, open_tab: str, cascade: bool, stage: str) -> tuple:

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
 from torch import Tensor, nn
 
 from .constants import CLASSES, INPUT_SIZE, NUM_CLASSES
@@ -118,6 +117,10 @@ def analyze(model: ResNet, x: Tensor, target: int | None = None) -> Analysis:
     layer1..layer4, and the stem's and stages' activations, for one image."""
     _check_input(x)
     target = _check_target(target)
+    # Imported here, not at module level: captum costs ~0.6 s of import that
+    # a plain /classify (and the server's start-up) never needs.
+    from captum.attr import LayerGradCam
+
     net = _ExplainNet(model, target)
     # Captum turns gradients on itself; inference_mode(False) lets callers
     # use this function from inside an inference_mode block too.
@@ -296,6 +299,8 @@ def contrast_map(model: ResNet, x: Tensor, target: int, method: str = "Integrate
     target = _check_target(target)
     if target is None:
         raise ValueError("contrast_map needs a target class")
+    from captum.attr import IntegratedGradients, Occlusion  # lazily, as in analyze
+
     with torch.inference_mode(False):
         x = x.detach().clone()
         if method == "Integrated Gradients":

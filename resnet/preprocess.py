@@ -261,8 +261,11 @@ def to_model_input(img: Image.Image, size: int = INPUT_SIZE) -> ModelInput:
 @functools.lru_cache(maxsize=8)
 def _stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # Made once per device: a host-to-device copy every training step would stall the CUDA stream.
-    mean = torch.tensor(MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    # Built outside inference mode even when first asked from inside it: a cached inference
+    # tensor could never take part in a later gradient computation (FGSM, Grad-CAM).
+    with torch.inference_mode(False):
+        mean = torch.tensor(MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return mean, std
 
 

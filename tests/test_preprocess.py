@@ -250,3 +250,18 @@ def test_large_photo_is_antialiased():
     board = (np.indices((512, 512)).sum(0) % 2 * 255).astype(np.uint8)
     seen = to_model_input(Image.fromarray(board, "L").convert("RGB")).seen
     assert abs(float(seen.mean()) - 127.5) < 8 and seen.std() < 10
+
+
+def test_normalisation_first_used_in_inference_mode_still_allows_gradients():
+    import torch
+
+    from resnet.preprocess import _stats, denormalise, images_to_pixels, normalise
+
+    _stats.cache_clear()
+    pixels = images_to_pixels(np.full((32, 32, 3), 128, np.uint8))
+    with torch.inference_mode():
+        normalise(pixels)  # the first call fills the per-device cache
+    wanted = pixels.clone().requires_grad_(True)
+    normalise(wanted).sum().backward()  # raised "Inference tensors cannot be saved for backward"
+    assert wanted.grad is not None and torch.all(wanted.grad > 0)
+    torch.testing.assert_close(denormalise(normalise(pixels)), pixels)

@@ -28,14 +28,13 @@ from torch import Tensor, nn
 
 from resnet.calibration import expected_calibration_error, fit_temperature, reliability, softmax
 from resnet.constants import CLASSES
-from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, atomic_write_bytes, atomic_write_json, load_model
+from resnet.testset import EVALUATION_FILE, GALLERY_FILE
+from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, atomic_write_bytes, atomic_write_json, load_pretrained
 
 from .data import DataError, Split, load_cifar10
 from .inference import predict_logits, resolve_device
 from .progress import Progress
 
-EVALUATION_FILE = "evaluation.json"
-GALLERY_FILE = "test_gallery.npz"
 ECE_BINS = 15
 GALLERY_PER_CELL = 32  # most confident mistakes per (true, predicted) pair
 GALLERY_PER_CLASS = 32  # most confident correct images per class
@@ -172,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         data = load_cifar10(args.data)
         test = class_balanced_subset(data.test, args.per_class) if args.per_class > 0 else data.test
-        model = load_model(args.weights)
+        # load_pretrained also checks the model card's data contract and stem, when there is one.
+        model, _ = load_pretrained(args.weights)
         weights = Path(args.weights)
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()
         dataset = f"{data.name} test split" + (f", first {args.per_class} images of each class" if args.per_class > 0 else "")
