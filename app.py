@@ -59,6 +59,7 @@ from app_handlers import (  # noqa: I001
     select_test_image,
     test_image_cams,
     test_pair_gallery,
+    training_curves,
 )
 
 from dataclasses import dataclass, field
@@ -390,18 +391,11 @@ def build_calibration_tab(ctx: Ctx) -> None:
 
 
 def build_training_tab(ctx: Ctx) -> None:
-    with gr.Tab("Training curves", id="training"):
-        history, why = figs.read_json(ASSETS / "history.json")
-        if history is None:
-            gr.Markdown(f"**Training curves not available.** {why}", elem_id="training-missing")
-            return
-        try:
-            figure = figs.training_figure(history)
-        except (KeyError, TypeError, ValueError) as exc:
-            gr.Markdown(f"**Training curves not available.** `history.json` is incomplete ({exc}).", elem_id="training-missing")
-            return
-        gr.Markdown(figs.training_summary(history))
-        gr.Plot(figure, label="Loss, accuracy and learning rate per epoch", elem_id="training-plot")
+    with gr.Tab("Training curves", id="training") as tab:
+        summary = gr.Markdown(elem_id="training-summary")
+        plot = gr.Plot(label="Loss, accuracy and learning rate per epoch", elem_id="training-plot")
+    # Drawn when opened, not at start-up: the server answers its first request sooner.
+    tab.select(training_curves, outputs=[summary, plot], api_name="training_curves")
 
 
 def build_model_tab(ctx: Ctx) -> None:

@@ -269,6 +269,18 @@ def contrast_follow(image: str | None, open_tab: str, target: str, method: str, 
     return contrast(image, target, method, opacity)
 
 
+def training_curves() -> tuple[str, Any]:
+    """The Training tab: a summary and the curves from history.json, or why there are none."""
+    history, why = figs.read_json(ASSETS / "history.json")
+    if history is None:
+        return f"**Training curves not available.** {why}", None
+    try:
+        figure = figs.training_figure(history)
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"**Training curves not available.** `history.json` is incomplete ({exc}).", None
+    return figs.training_summary(history), figure
+
+
 # ----- insight handlers: test set, calibration, robustness, sanity --------------------------
 # Each tab computes only when it is opened or asked (never as part of ``analyze``).
 

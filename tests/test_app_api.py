@@ -316,3 +316,12 @@ def test_push_space_dry_run_flags_a_missing_readme_or_app_module(tmp_path):
     assert push_space.main(["--repo-id", "someone/space", "--dry-run", "--root", str(root)]) == 1
     with pytest.raises(SystemExit):
         push_space.main(["--repo-id", "not-a-repo-id", "--dry-run"])
+
+
+def test_training_curves_come_from_the_shipped_history(client):
+    history = json.loads((ROOT / "assets" / "history.json").read_text())
+    summary, plot = client.predict(api_name="/training_curves")
+    final = history["epochs"][-1]["test_acc"]
+    assert f"{final * 100:.2f}%" in summary
+    figure = json.loads(plot["plot"])
+    assert len(figure["data"][0]["x"]) == len(history["epochs"])
