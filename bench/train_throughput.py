@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from resnet.model import resnet50  # noqa: E402
 from train.augment import train_batch  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
+from train.inference import resolve_device  # noqa: E402
 from train.trainer import Ema, make_optimizer  # noqa: E402
 
 
@@ -89,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ema", action="store_true", help="leave the EMA update out of the step")
     args = parser.parse_args(argv)
 
-    name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = resolve_device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch_size or (512 if cuda else 16)
     steps = args.steps or (50 if cuda else 8)
