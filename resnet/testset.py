@@ -307,10 +307,13 @@ def gallery(testset: TestSet, true: int, pred: int, limit: int | None = None) ->
     return items
 
 
-def gallery_summary(testset: TestSet, true: int, pred: int) -> str:
-    """One line above the gallery: how many such images exist and how many are shipped."""
+def gallery_summary(testset: TestSet, true: int, pred: int, shown: int | None = None) -> str:
+    """One line above the gallery: how many such images exist and how many are shipped.
+
+    ``shown`` is the length of the gallery the caller already built, if any.
+    """
     count = int(_matrix(testset.evaluation)[true, pred])
-    shown = len(gallery(testset, true, pred))
+    shown = len(gallery(testset, true, pred)) if shown is None else shown
     what = "classified correctly" if true == pred else f"predicted {CLASSES[pred]}"
     n = testset.evaluation["n"]
     share = f" ({count / n:.1%} of the test set)" if n else ""
