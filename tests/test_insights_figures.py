@@ -53,6 +53,8 @@ def test_per_class_accuracy_bars_mark_the_worst_class() -> None:
     np.testing.assert_allclose(bars.y, ev["per_class_accuracy"])
     worst = int(np.argmin(ev["per_class_accuracy"]))
     assert bars.marker.color[worst] != bars.marker.color[(worst + 1) % len(CLASSES)]
+    assert f"overall {ev['accuracy']:.1%}" in fig.layout.title.text
+    assert not fig.layout.annotations  # no label drawn over the bars
     serialisable(fig)
 
 
