@@ -163,10 +163,10 @@ def _cam_outputs(result: explain.Analysis, seen: np.ndarray, opacity: float, sca
     return gallery, note, raw
 
 
-def _feature_figures(result: explain.Analysis, n: int) -> list:
+def _feature_figures(features: dict[str, np.ndarray], n: int) -> list:
     out = []
     for name in ("stem", *STAGE_NAMES):
-        top = explain.top_channels(result.features[name], int(n))
+        top = explain.top_channels(features[name], int(n))
         out.append(figs.feature_grid(name, top.indices, top.maps, STRIDES[name], CHANNELS[name]))
     return out
 
@@ -197,7 +197,7 @@ def analyze(image: str | None, target: str, opacity: float, scale: str, n_channe
         _truth(image, result.predicted),
         _enlarge(x.seen),
         *_cam_outputs(result, x.seen, opacity, scale),
-        *_feature_figures(result, n_channels),
+        *_feature_figures(result.features, n_channels),
     )
 
 
@@ -215,7 +215,8 @@ def feature_maps(image: str | None, n_channels: float) -> list:
     if image is None:
         return [None] * N_FEATURE_PLOTS
     x = _model_input(image)
-    return _feature_figures(explain.analyze(MODEL, x.tensor), n_channels)
+    # A new channel count needs the activations only: no Grad-CAM backward pass.
+    return _feature_figures(explain.stage_features(MODEL, x.tensor), n_channels)
 
 
 @user_errors

@@ -144,6 +144,18 @@ def analyze(model: ResNet, x: Tensor, target: int | None = None) -> Analysis:
     )
 
 
+def stage_features(model: ResNet, x: Tensor) -> dict[str, np.ndarray]:
+    """The stem's and every stage's activation (C, h, w) float32 from one plain forward pass.
+
+    What ``analyze`` keeps as ``features``, without the backward pass that only
+    Grad-CAM needs.
+    """
+    _check_input(x)
+    with torch.inference_mode():
+        features = model.forward_intermediates(x).features
+    return {name: t[0].float().numpy() for name, t in features.items()}
+
+
 def predict_probs(model: ResNet, x: Tensor) -> np.ndarray:
     """Softmax probabilities (10,) float32 from one plain forward pass, no gradients."""
     _check_input(x)

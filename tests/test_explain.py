@@ -105,6 +105,15 @@ def test_features_are_the_stem_and_stage_outputs(model, images):
     assert {k: v.shape[0] for k, v in a.features.items()} == {f.name: f.channels for f in model.feature_info}
 
 
+def test_stage_features_equal_what_analyze_keeps(model, images):
+    x = images[0]
+    kept = explain.analyze(model, x).features
+    plain = explain.stage_features(model, x)
+    assert list(plain) == list(kept)
+    for name in kept:
+        np.testing.assert_allclose(plain[name], kept[name], rtol=1e-5, atol=1e-6)
+
+
 def test_gradcam_all_stages_contract(model, images):
     g = explain.gradcam_all_stages(model, images[0], 3)
     assert g.target == 3 and g.probs.shape == (len(CLASSES),)
