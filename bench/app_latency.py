@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from resnet import FEATURE_NAMES, explain, preprocess, resnet50  # noqa: E402
+from insight import activations, gradcam, render  # noqa: E402
+from resnet import FEATURE_NAMES, preprocess, resnet50  # noqa: E402
 from resnet.weights import ASSETS_DIR, load_pretrained  # noqa: E402
 
 GOAL_RATIO = 0.5
@@ -52,10 +53,10 @@ def sample_path() -> Path:
 
 
 def full_analysis(model, x: torch.Tensor) -> dict:
-    result = explain.analyze(model, x)
+    result = gradcam.analyze(model, x)
     top = result.top_k(5)
-    cams = {k: explain.upsample(v, 32) for k, v in result.cams.items()}
-    channels = {name: explain.top_channels(result.features[name], 16) for name in FEATURE_NAMES}
+    cams = {k: render.upsample(v, 32) for k, v in result.cams.items()}
+    channels = {name: activations.top_channels(result.features[name], 16) for name in FEATURE_NAMES}
     return {"top": top, "cams": cams, "channels": channels}
 
 
@@ -106,10 +107,11 @@ def _interleaved(contestants: dict, repeats: int) -> dict[str, dict[str, float]]
 
 COLD_RESNET = """
 import time; t0 = time.perf_counter()
-from resnet import explain, preprocess, load_pretrained
+from insight import gradcam
+from resnet import preprocess, load_pretrained
 model, _ = load_pretrained()
 x = preprocess.to_model_input(preprocess.load_image({path!r})).tensor
-explain.analyze(model, x)
+gradcam.analyze(model, x)
 print(time.perf_counter() - t0)
 """
 

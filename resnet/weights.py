@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +9,7 @@ import torch
 from torch import nn
 
 from .constants import CLASSES, INPUT_SIZE, MEAN, STD
+from .files import AssetError, atomic_write_bytes, read_json
 from .model import ResNet, resnet50
 
 ASSETS_DIR: Path = Path(__file__).resolve().parent.parent / "assets"
@@ -27,27 +25,6 @@ HOW_TO_GET_WEIGHTS = (
 
 class WeightsError(RuntimeError):
     """The weights file is missing, unreadable or does not fit the model."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide assets from a web server's user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def data_contract() -> dict[str, Any]:
@@ -97,13 +74,13 @@ def load_model(path: Path | str, stem: str = "cifar", num_classes: int = len(CLA
 
 
 def read_card(assets_dir: Path | str = ASSETS_DIR) -> dict[str, Any]:
-    path = Path(assets_dir) / CARD_FILE
+    """The model card beside the weights, or {} when there is none (weights trained elsewhere)."""
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"The model card {path} is unreadable: {exc}") from exc
+        return read_json(Path(assets_dir) / CARD_FILE)
+    except AssetError as exc:
+        if exc.missing:
+            return {}
+        raise WeightsError(f"The model card is unreadable: {exc}") from exc
 
 
 def load_pretrained(path: Path | str | None = None) -> tuple[ResNet, dict[str, Any]]:

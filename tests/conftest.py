@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from insight.testset import EVALUATION_FILE, GALLERY_FILE
 from resnet.constants import CLASSES, NUM_CLASSES
-from resnet.testset import EVALUATION_FILE, GALLERY_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 

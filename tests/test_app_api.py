@@ -26,8 +26,9 @@ import plotly.graph_objects as go
 import pytest
 from PIL import Image
 
-import app_figures as figs
-from resnet import CLASSES, explain
+from explorer.tabs import blocks, features, model, training
+from insight import activations, anatomy
+from resnet import CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
@@ -215,17 +216,24 @@ def _history(n=4):
 
 
 def test_read_json_explains_what_is_missing(tmp_path):
-    data, note = figs.read_json(tmp_path / "history.json")
-    assert data is None and "not available" in note
+    from resnet.files import AssetError, read_json
+
+    with pytest.raises(AssetError, match="not available") as missing:
+        read_json(tmp_path / "history.json")
+    assert missing.value.missing
     (tmp_path / "history.json").write_text("{broken")
-    data, note = figs.read_json(tmp_path / "history.json")
-    assert data is None and "could not be read" in note
+    with pytest.raises(AssetError, match="not readable JSON") as broken:
+        read_json(tmp_path / "history.json")
+    assert not broken.value.missing
+    (tmp_path / "history.json").write_text("[1, 2]")
+    with pytest.raises(AssetError, match="JSON object"):
+        read_json(tmp_path / "history.json")
     (tmp_path / "history.json").write_text(json.dumps(_history()))
-    assert figs.read_json(tmp_path / "history.json")[0]["epochs"][0]["epoch"] == 1
+    assert read_json(tmp_path / "history.json")["epochs"][0]["epoch"] == 1
 
 
 def test_training_figure_marks_final_accuracy_and_the_seed_notebook():
-    fig = figs.training_figure(_history())
+    fig = training.training_figure(_history())
     names = {t.name for t in fig.data}
     assert {"train loss", "test loss", "learning rate", "train accuracy", "test accuracy", "final test accuracy"} <= names
     lr = next(t for t in fig.data if t.name == "learning rate")
@@ -235,16 +243,16 @@ def test_training_figure_marks_final_accuracy_and_the_seed_notebook():
     assert final.y[0] == pytest.approx(85.0) and final.x[0] == 4
     assert "epoch time" in next(t for t in fig.data if t.name == "test accuracy").hovertemplate
     with pytest.raises(ValueError):
-        figs.training_figure({"epochs": []})
+        training.training_figure({"epochs": []})
     history = _history()
     history["epochs"][-1]["test_images"] = 1000
-    assert "85.00%** on 1,000 test images" in figs.training_summary(history)
+    assert "85.00%** on 1,000 test images" in training.training_summary(history)
 
 
 def test_feature_grid_has_one_heatmap_per_channel_on_one_scale():
     act = np.random.default_rng(0).random((64, 8, 8)).astype(np.float32)
-    top = explain.top_channels(act, 6)
-    fig = figs.feature_grid("layer3", top.indices, top.maps, 4, 64)
+    top = activations.top_channels(act, 6)
+    fig = features.feature_grid("layer3", top.indices, top.maps, 4, 64)
     heatmaps = [t for t in fig.data if t.type == "heatmap"]
     assert len(heatmaps) == 6 and {t.coloraxis for t in heatmaps} == {"coloraxis"}
     assert f"channel {int(top.indices[0])}" in heatmaps[0].hovertemplate
@@ -253,18 +261,18 @@ def test_feature_grid_has_one_heatmap_per_channel_on_one_scale():
 
 
 def test_anatomy_figure_is_valid_plotly():
-    maps = {part: np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32) for part in explain.ANATOMY_PARTS}
-    fig = figs.anatomy_figure("layer3.1", maps, None)
+    maps = {part: np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32) for part in anatomy.ANATOMY_PARTS}
+    fig = blocks.anatomy_figure("layer3.1", maps, None)
     go.Figure(fig.to_dict())
-    assert [a.text for a in fig.layout.annotations] == list(explain.ANATOMY_PARTS)
+    assert [a.text for a in fig.layout.annotations] == list(anatomy.ANATOMY_PARTS)
     assert fig.layout.coloraxis.cmin == -fig.layout.coloraxis.cmax  # diverging, centred on 0
 
 
 def test_model_card_and_architecture_markdown():
-    text = figs.card_markdown({"dataset": "CIFAR-10 (JPEG q75 copy)", "test_accuracy": 0.9312, "device": "1x H100"})
+    text = model.card_markdown({"dataset": "CIFAR-10 (JPEG q75 copy)", "test_accuracy": 0.9312, "device": "1x H100"})
     assert "JPEG q75" in text and "93.12%" in text and "H100" in text
-    assert "No model card" in figs.card_markdown({})
-    table = figs.architecture_markdown([{"stage": "stem", "blocks": 0, "output_shape": (64, 32, 32), "parameters": 1792, "description": "x"}])
+    assert "No model card" in model.card_markdown({})
+    table = model.architecture_markdown([{"stage": "stem", "blocks": 0, "output_shape": (64, 32, 32), "parameters": 1792, "description": "x"}])
     assert "64 x 32 x 32" in table and "1,792" in table
 
 
@@ -273,8 +281,9 @@ def test_model_card_and_architecture_markdown():
 
 def _fake_repo(root: Path) -> Path:
     files = {
-        "app.py": b"print()", "app_handlers.py": b"", "app_figures.py": b"", "app_insights_figures.py": b"", "requirements.txt": b"gradio\n", "README.md": b"---\nsdk: gradio\n---\n",
-        "resnet/__init__.py": b"", "resnet/explain.py": b"", "resnet/sub/deep.py": b"", "resnet/__pycache__/x.cpython-311.pyc": b"",
+        "app.py": b"print()", "requirements.txt": b"gradio\n", "README.md": b"---\nsdk: gradio\n---\n",
+        "explorer/__init__.py": b"", "explorer/tabs/gradcam.py": b"", "insight/__init__.py": b"",
+        "resnet/__init__.py": b"", "resnet/model.py": b"", "resnet/sub/deep.py": b"", "resnet/__pycache__/x.cpython-311.pyc": b"",
         "assets/resnet50_cifar10.safetensors": b"\0" * (11 * 1024 * 1024), "assets/samples/cat_0.png": b"png",
         "tests/test_x.py": b"", "train/trainer.py": b"", "bench/app_latency.py": b"", "data/cifar10.tar.gz": b"",
         ".git/config": b"", "notes.md": b"", "resnet/model.pt": b"",
@@ -294,8 +303,9 @@ def test_push_space_dry_run_lists_exactly_the_space_files(tmp_path):
     assert out.returncode == 0, out.stderr
     listed = [line.split()[1] for line in out.stdout.splitlines() if line[:12].strip().replace(",", "").isdigit()]
     assert listed == [
-        "README.md", "app.py", "app_figures.py", "app_handlers.py", "app_insights_figures.py", "assets/resnet50_cifar10.safetensors", "assets/samples/cat_0.png",
-        "requirements.txt", "resnet/__init__.py", "resnet/explain.py", "resnet/sub/deep.py",
+        "README.md", "app.py", "assets/resnet50_cifar10.safetensors", "assets/samples/cat_0.png",
+        "explorer/__init__.py", "explorer/tabs/gradcam.py", "insight/__init__.py",
+        "requirements.txt", "resnet/__init__.py", "resnet/model.py", "resnet/sub/deep.py",
     ]
     big = next(line for line in out.stdout.splitlines() if "resnet50_cifar10.safetensors" in line)
     assert "> 10 MB" in big and "LFS/Xet" in big
@@ -307,12 +317,12 @@ def test_push_space_dry_run_flags_a_missing_readme_or_app_module(tmp_path):
 
     root = _fake_repo(tmp_path)
     (root / "README.md").unlink()
-    (root / "app_insights_figures.py").unlink()
+    (root / "insight/__init__.py").unlink()
     files = push_space.selected_files(root)
     assert "README.md" not in {rel for rel, _ in files}
     found = push_space.problems(root, files)
     assert any("README.md is missing" in p for p in found)
-    assert any("app_insights_figures.py is missing" in p for p in found)
+    assert any("insight/__init__.py is missing" in p for p in found)
     assert push_space.main(["--repo-id", "someone/space", "--dry-run", "--root", str(root)]) == 1
     with pytest.raises(SystemExit):
         push_space.main(["--repo-id", "not-a-repo-id", "--dry-run"])

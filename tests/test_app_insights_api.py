@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from insight.robustness import default_strengths
+from insight.testset import TestSet, most_confused_pair, pair_value
 from resnet import CLASSES
-from resnet.robustness import default_strengths
-from resnet.testset import TestSet, most_confused_pair, pair_value
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
@@ -263,9 +263,9 @@ def test_the_sanity_check_without_an_image_answers_empty(client):
 
 
 def test_the_test_set_summary_names_accuracy_worst_class_and_most_frequent_mistake():
-    from app_insights_figures import test_set_markdown
     from conftest import make_evaluation
-    from resnet.testset import accuracy_summary
+    from explorer.tabs.testset import test_set_markdown
+    from insight.testset import accuracy_summary
 
     ev = make_evaluation()
     text = test_set_markdown(accuracy_summary(ev))
@@ -277,8 +277,8 @@ def test_the_test_set_summary_names_accuracy_worst_class_and_most_frequent_mista
 
 
 def test_the_calibration_summary_says_which_way_the_model_errs_and_where_t_was_fitted():
-    from app_insights_figures import calibration_markdown
     from conftest import make_evaluation
+    from explorer.tabs.calibration import calibration_markdown
 
     ev = make_evaluation()
     conf = np.asarray(ev["predictions"]["confidence"])

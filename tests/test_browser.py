@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import start_app, write_assets
-from resnet.testset import EVALUATION_FILE, GALLERY_FILE
+from insight.testset import EVALUATION_FILE, GALLERY_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")

@@ -17,7 +17,6 @@ from resnet.constants import CLASSES, JPEG_DATASET_NAME, MEAN, ORIGINAL_DATASET_
 from train.augment import crop_flip, cutout_mask, normalize, train_batch
 from train.data import DataError, load_cifar10
 
-
 # ----- layouts ---------------------------------------------------------------------------
 
 

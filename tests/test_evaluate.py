@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet.calibration import expected_calibration_error, fit_temperature, reliability, softmax
+from insight.calibration import expected_calibration_error, fit_temperature, reliability, softmax
 from resnet.constants import CLASSES, JPEG_DATASET_NAME
 from resnet.model import resnet50
 from resnet.weights import data_contract, load_pretrained, load_state_dict, save_weights

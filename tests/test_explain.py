@@ -14,8 +14,8 @@ import pytest
 import torch
 from captum.attr import LayerGradCam
 
+from insight import activations, anatomy, architecture, contrast, gradcam, render
 from resnet import CLASSES, STAGE_NAMES, resnet50
-from resnet import explain
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,7 +59,7 @@ def reference_gradcam(model, x, target, stage):
 
 
 def test_one_call_gives_a_map_per_stage_at_its_resolution(model, images):
-    a = explain.analyze(model, images[0])
+    a = gradcam.analyze(model, images[0])
     assert list(a.cams) == list(STAGE_NAMES)
     assert {k: v.shape for k, v in a.cams.items()} == {"layer1": (32, 32), "layer2": (16, 16), "layer3": (8, 8), "layer4": (4, 4)}
     for cam in a.cams.values():
@@ -70,7 +70,7 @@ def test_one_call_gives_a_map_per_stage_at_its_resolution(model, images):
 @pytest.mark.parametrize("target", [None, 0, 7])
 def test_equals_captum_layergradcam_run_layer_by_layer(model, images, target):
     x = images[1]
-    a = explain.analyze(model, x, target)
+    a = gradcam.analyze(model, x, target)
     for stage in STAGE_NAMES:
         ref = reference_gradcam(model, x, a.target, stage)
         np.testing.assert_allclose(a.cams[stage], ref, rtol=1e-5, atol=1e-7 * max(1.0, float(ref.max())))
@@ -78,7 +78,7 @@ def test_equals_captum_layergradcam_run_layer_by_layer(model, images, target):
 
 def test_default_target_is_the_prediction_and_probs_match_the_model(model, images):
     x = images[2]
-    a = explain.analyze(model, x)
+    a = gradcam.analyze(model, x)
     with torch.no_grad():
         probs = torch.softmax(model(x), 1)[0].numpy()
     np.testing.assert_allclose(a.probs, probs, rtol=1e-5, atol=1e-6)
@@ -88,7 +88,7 @@ def test_default_target_is_the_prediction_and_probs_match_the_model(model, image
 
 def test_maps_change_with_the_target_class(model, images):
     x = images[0]
-    a, b = explain.analyze(model, x, 1), explain.analyze(model, x, 8)
+    a, b = gradcam.analyze(model, x, 1), gradcam.analyze(model, x, 8)
     assert a.target == 1 and b.target == 8
     assert any(not np.allclose(a.cams[s], b.cams[s]) for s in STAGE_NAMES)
     # The prediction does not depend on which class is explained.
@@ -97,7 +97,7 @@ def test_maps_change_with_the_target_class(model, images):
 
 def test_features_are_the_stem_and_stage_outputs(model, images):
     x = images[0]
-    a = explain.analyze(model, x)
+    a = gradcam.analyze(model, x)
     with torch.no_grad():
         inter = model.forward_intermediates(x)
     for name, tensor in inter.features.items():
@@ -107,15 +107,15 @@ def test_features_are_the_stem_and_stage_outputs(model, images):
 
 def test_stage_features_equal_what_analyze_keeps(model, images):
     x = images[0]
-    kept = explain.analyze(model, x).features
-    plain = explain.stage_features(model, x)
+    kept = gradcam.analyze(model, x).features
+    plain = activations.stage_features(model, x)
     assert list(plain) == list(kept)
     for name in kept:
         np.testing.assert_allclose(plain[name], kept[name], rtol=1e-5, atol=1e-6)
 
 
 def test_gradcam_all_stages_contract(model, images):
-    g = explain.gradcam_all_stages(model, images[0], 3)
+    g = gradcam.gradcam_all_stages(model, images[0], 3)
     assert g.target == 3 and g.probs.shape == (len(CLASSES),)
     assert set(g.maps) == set(STAGE_NAMES)
 
@@ -123,15 +123,15 @@ def test_gradcam_all_stages_contract(model, images):
 def test_bad_arguments_raise_value_error(model, images):
     for target in (-1, 10, 2.5, "cat", True):
         with pytest.raises(ValueError):
-            explain.analyze(model, images[0], target)
+            gradcam.analyze(model, images[0], target)
     with pytest.raises(ValueError):
-        explain.analyze(model, torch.zeros(2, 3, 32, 32))
+        gradcam.analyze(model, torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError):
-        explain.analyze(model, torch.zeros(3, 32, 32))
+        gradcam.analyze(model, torch.zeros(3, 32, 32))
 
 
 def test_leaves_no_hooks_and_no_gradients_on_the_model(model, images):
-    explain.analyze(model, images[0], 2)
+    gradcam.analyze(model, images[0], 2)
     for module in model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
     assert all(p.grad is None for p in model.parameters())
@@ -139,17 +139,17 @@ def test_leaves_no_hooks_and_no_gradients_on_the_model(model, images):
 
 def test_works_inside_inference_mode(model, images):
     with torch.inference_mode():
-        a = explain.analyze(model, images[0], 4)
-    np.testing.assert_allclose(a.cams["layer3"], explain.analyze(model, images[0], 4).cams["layer3"], rtol=1e-6)
+        a = gradcam.analyze(model, images[0], 4)
+    np.testing.assert_allclose(a.cams["layer3"], gradcam.analyze(model, images[0], 4).cams["layer3"], rtol=1e-6)
 
 
 def test_concurrent_calls_give_the_sequential_answers(model, images):
     jobs = [(x, t) for x in images for t in (None, 5)]
-    expected = [explain.analyze(model, x, t) for x, t in jobs]
+    expected = [gradcam.analyze(model, x, t) for x, t in jobs]
     results: list = [None] * len(jobs)
 
     def run(i):
-        results[i] = explain.analyze(model, *jobs[i])
+        results[i] = gradcam.analyze(model, *jobs[i])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
     for t in threads:
@@ -164,26 +164,26 @@ def test_concurrent_calls_give_the_sequential_answers(model, images):
 
 def test_top_k():
     probs = np.array([0.05, 0.3, 0.1, 0.02, 0.2, 0.08, 0.1, 0.05, 0.06, 0.04], dtype=np.float32)
-    top = explain.top_k(probs, 3)
+    top = gradcam.top_k(probs, 3)
     assert list(top) == ["automobile", "deer", "bird"]
     assert top["automobile"] == pytest.approx(0.3)
-    assert len(explain.top_k(probs, 99)) == 10 and len(explain.top_k(probs, 0)) == 1
+    assert len(gradcam.top_k(probs, 99)) == 10 and len(gradcam.top_k(probs, 0)) == 1
 
 
 # ----- pictures -----------------------------------------------------------------------------
 
 
 def test_upsample_is_smooth_and_keeps_constants():
-    assert explain.upsample(np.full((4, 4), 2.0, np.float32), 32).shape == (32, 32)
-    np.testing.assert_allclose(explain.upsample(np.full((4, 4), 2.0, np.float32), 32), 2.0)
+    assert render.upsample(np.full((4, 4), 2.0, np.float32), 32).shape == (32, 32)
+    np.testing.assert_allclose(render.upsample(np.full((4, 4), 2.0, np.float32), 32), 2.0)
     peak = np.zeros((4, 4), np.float32)
     peak[1, 1] = 1.0
-    up = explain.upsample(peak, 32)
+    up = render.upsample(peak, 32)
     assert len(np.unique(np.round(up, 4))) > 10  # bilinear, not 4 flat blocks
 
 
 def test_jet_runs_blue_to_red():
-    lo, hi = explain.jet(np.array([0.0, 1.0]))
+    lo, hi = render.jet(np.array([0.0, 1.0]))
     assert lo[2] > 100 and lo[0] == 0  # dark blue
     assert hi[0] > 100 and hi[2] == 0  # dark red
 
@@ -191,17 +191,17 @@ def test_jet_runs_blue_to_red():
 def test_overlay_opacity_and_scale():
     img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     cam = np.random.default_rng(1).random((8, 8)).astype(np.float32)
-    out = explain.overlay(img, cam, opacity=0.0, size=256)
+    out = render.overlay(img, cam, opacity=0.0, size=256)
     assert out.shape == (256, 256, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out, np.repeat(np.repeat(img, 8, 0), 8, 1))  # nearest-neighbour base
-    full = explain.overlay(img, cam, opacity=1.0)
-    np.testing.assert_array_equal(full, explain.jet(explain.upsample(cam, 32) / cam.max()))
-    np.testing.assert_array_equal(explain.overlay(img, cam, 0.5), explain.overlay(img, cam, 0.5, vmax=float(cam.max())))
-    dimmer = explain.overlay(img, cam, 1.0, vmax=4 * float(cam.max()))
+    full = render.overlay(img, cam, opacity=1.0)
+    np.testing.assert_array_equal(full, render.jet(render.upsample(cam, 32) / cam.max()))
+    np.testing.assert_array_equal(render.overlay(img, cam, 0.5), render.overlay(img, cam, 0.5, vmax=float(cam.max())))
+    dimmer = render.overlay(img, cam, 1.0, vmax=4 * float(cam.max()))
     assert dimmer[..., 0].mean() < full[..., 0].mean()  # a shared, larger scale makes this map cooler
-    assert explain.overlay(img, np.zeros((4, 4), np.float32), 0.5).shape == (32, 32, 3)
+    assert render.overlay(img, np.zeros((4, 4), np.float32), 0.5).shape == (32, 32, 3)
     with pytest.raises(ValueError):
-        explain.overlay(img, cam, opacity=1.5)
+        render.overlay(img, cam, opacity=1.5)
 
 
 # ----- feature maps and residual blocks -------------------------------------------------------
@@ -211,20 +211,20 @@ def test_top_channels_ranks_by_mean_activation():
     act = np.zeros((6, 4, 4), np.float32)
     for c, v in enumerate([0.1, 5.0, 0.0, 3.0, 4.0, 0.2]):
         act[c] = v
-    top = explain.top_channels(act, 3)
+    top = activations.top_channels(act, 3)
     assert top.indices.tolist() == [1, 4, 3]
     np.testing.assert_array_equal(top.maps, act[[1, 4, 3]])
     assert top.means.tolist() == [5.0, 4.0, 3.0]
-    assert len(explain.top_channels(act, 100).indices) == 6
+    assert len(activations.top_channels(act, 100).indices) == 6
     with pytest.raises(ValueError):
-        explain.top_channels(act[0], 2)
+        activations.top_channels(act[0], 2)
 
 
 def test_block_anatomy_parts_add_up(model, images):
     x = images[0]
-    r = explain.residual_anatomy(model, x, "layer2.0")
+    r = anatomy.residual_anatomy(model, x, "layer2.0")
     assert r.names[0] == "layer1.0" and r.names[-1] == "layer4.2" and len(r.names) == len(r.ratios) == 16
-    assert list(r.maps) == list(explain.ANATOMY_PARTS) and r.block == "layer2.0" and r.channel is None
+    assert list(r.maps) == list(anatomy.ANATOMY_PARTS) and r.block == "layer2.0" and r.channel is None
     m = r.maps
     np.testing.assert_allclose(m["F(x) + x"], m["shortcut x"] + m["F(x)"], rtol=1e-4, atol=1e-5)
     assert m["shortcut x"].shape == (16, 16) and r.channels == 512
@@ -233,7 +233,7 @@ def test_block_anatomy_parts_add_up(model, images):
         a = model.block_anatomy(x, "layer2.0")
     want = float(a.residual.norm() / a.shortcut.norm())
     assert r.ratios[r.names.index("layer2.0")] == pytest.approx(want, rel=1e-4)
-    one = explain.residual_anatomy(model, x, 4, channel=7)  # index 4 = layer2.1
+    one = anatomy.residual_anatomy(model, x, 4, channel=7)  # index 4 = layer2.1
     assert one.block == "layer2.1" and one.channel == 7
     np.testing.assert_allclose(one.maps["ReLU(F(x) + x)"], model.block_anatomy(x, 4).output[0, 7].detach().numpy(), rtol=1e-5)
     np.testing.assert_allclose(one.maps["ReLU(F(x) + x)"], np.maximum(one.maps["F(x) + x"], 0), rtol=1e-5, atol=1e-6)
@@ -242,7 +242,7 @@ def test_block_anatomy_parts_add_up(model, images):
 def test_zero_init_blocks_change_nothing(images):
     torch.manual_seed(0)
     fresh = resnet50(zero_init_residual=True).eval()
-    r = explain.residual_anatomy(fresh, images[0], 5)
+    r = anatomy.residual_anatomy(fresh, images[0], 5)
     np.testing.assert_allclose(r.ratios, 0.0, atol=1e-7)
     np.testing.assert_allclose(r.maps["F(x)"], 0.0, atol=1e-7)
 
@@ -250,32 +250,32 @@ def test_zero_init_blocks_change_nothing(images):
 def test_block_anatomy_rejects_bad_choices(model, images):
     for block in (16, -1, "layer5.0"):
         with pytest.raises(ValueError):
-            explain.residual_anatomy(model, images[0], block)
+            anatomy.residual_anatomy(model, images[0], block)
     with pytest.raises(ValueError):
-        explain.residual_anatomy(model, images[0], "layer1.0", channel=256)
+        anatomy.residual_anatomy(model, images[0], "layer1.0", channel=256)
 
 
 # ----- the contrast method -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", explain.CONTRAST_METHODS)
+@pytest.mark.parametrize("method", contrast.CONTRAST_METHODS)
 def test_contrast_map(model, images, method):
-    out = explain.contrast_map(model, images[0], 3, method)
+    out = contrast.contrast_map(model, images[0], 3, method)
     assert out.shape == (32, 32) and out.dtype == np.float32 and (out >= 0).all() and out.max() > 0
-    other = explain.contrast_map(model, images[0], 6, method)
+    other = contrast.contrast_map(model, images[0], 6, method)
     assert not np.allclose(out, other)
 
 
 def test_contrast_map_rejects_unknown_method(model, images):
     with pytest.raises(ValueError, match="method"):
-        explain.contrast_map(model, images[0], 3, "LIME")
+        contrast.contrast_map(model, images[0], 3, "LIME")
 
 
 # ----- the architecture table ----------------------------------------------------------------
 
 
 def test_architecture_table_is_computed_from_the_model(model):
-    rows = explain.architecture_table(model)
+    rows = architecture.architecture_table(model)
     assert [r["stage"] for r in rows] == ["stem", *STAGE_NAMES, "head"]
     assert [r["blocks"] for r in rows] == [0, 3, 4, 6, 3, 0]
     assert [r["output_shape"] for r in rows] == [(64, 32, 32), (256, 32, 32), (512, 16, 16), (1024, 8, 8), (2048, 4, 4), (10,)]
@@ -285,7 +285,7 @@ def test_architecture_table_is_computed_from_the_model(model):
 def test_works_with_frozen_weights(images):
     torch.manual_seed(0)
     frozen = resnet50(zero_init_residual=False).eval().requires_grad_(False)
-    a = explain.analyze(frozen, images[0], 4)
+    a = gradcam.analyze(frozen, images[0], 4)
     for s in STAGE_NAMES:
         np.testing.assert_allclose(a.cams[s], reference_gradcam(frozen, images[0], 4, s), rtol=1e-5, atol=1e-9)
     assert any(cam.max() > 0 for cam in a.cams.values())
@@ -294,4 +294,4 @@ def test_works_with_frozen_weights(images):
 def test_predict_probs_is_the_softmax_of_one_forward(model, images):
     with torch.no_grad():
         want = torch.softmax(model(images[1]), 1)[0].numpy()
-    np.testing.assert_allclose(explain.predict_probs(model, images[1]), want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gradcam.predict_probs(model, images[1]), want, rtol=1e-5, atol=1e-7)

@@ -8,17 +8,13 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from app_insights_figures import (
-    confidence_histogram_figure,
-    confusion_matrix_figure,
-    per_class_accuracy_figure,
-    reliability_figure,
-    robustness_line_figure,
-    sanity_figure,
-)
-from resnet.constants import CLASSES
-from resnet.robustness import STRENGTH_UNITS, SweepPoint
 from conftest import make_evaluation  # the synthetic evaluation.json (tests/conftest.py)
+from explorer.tabs.calibration import confidence_histogram_figure, reliability_figure
+from explorer.tabs.robustness import robustness_line_figure
+from explorer.tabs.sanity import sanity_figure
+from explorer.tabs.testset import confusion_matrix_figure, per_class_accuracy_figure
+from insight.robustness import STRENGTH_UNITS, SweepPoint
+from resnet.constants import CLASSES
 
 
 def serialisable(fig: go.Figure) -> dict:
@@ -122,8 +118,8 @@ def test_sanity_figure_has_one_bar_group_per_cascade_step() -> None:
 
 @pytest.mark.parametrize("builder", [confusion_matrix_figure, per_class_accuracy_figure, reliability_figure])
 def test_figures_accept_the_validated_evaluation_with_numpy_arrays(tmp_path, builder) -> None:
-    from resnet.testset import TestSet
     from conftest import write_assets
+    from insight.testset import TestSet
 
     write_assets(tmp_path)
     serialisable(builder(TestSet(tmp_path).evaluation))

@@ -15,8 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet import MEAN, STD
-from resnet import preprocess
+from resnet import MEAN, STD, preprocess
 from resnet.preprocess import ImageInputError, load_image, load_image_with_notes, to_model_input
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import nonidentity_resnet50
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet.constants import MEAN
-from resnet.robustness import (
+from conftest import nonidentity_resnet50
+from insight.robustness import (
     SWEEP_KINDS,
     PerturbationError,
     apply_settings,
@@ -31,6 +30,7 @@ from resnet.robustness import (
     sweep,
     sweep_images,
 )
+from resnet.constants import MEAN
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import nonidentity_resnet50
 import torch
 from torch import nn
 
-from resnet import STAGE_NAMES
-from resnet.explain import gradcam_all_stages
-from resnet.sanity import (
+from conftest import nonidentity_resnet50
+from insight.gradcam import gradcam_all_stages
+from insight.sanity import (
     SanityError,
     compare_maps,
     pearson,
@@ -22,6 +21,7 @@ from resnet.sanity import (
     top_overlap,
     verdict,
 )
+from resnet import STAGE_NAMES
 
 
 @pytest.fixture(scope="module")

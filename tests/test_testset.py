@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import AUTOMOBILE, CAT, DOG, TRUCK, make_evaluation, write_assets
-from resnet.constants import NUM_CLASSES
-from resnet.testset import (
+from insight.testset import (
     EVALUATION_FILE,
     GALLERY_FILE,
     TestSet,
@@ -26,6 +25,7 @@ from resnet.testset import (
     pair_label,
     parse_pair,
 )
+from resnet.constants import NUM_CLASSES
 
 
 @pytest.fixture

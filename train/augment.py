@@ -8,7 +8,6 @@ is reproducible and a resumed run continues the same random stream.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

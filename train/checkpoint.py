@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnet.weights import atomic_write_bytes
+from resnet.files import atomic_write_bytes
 
 from .config import ConfigError
 

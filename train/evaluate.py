@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from resnet.calibration import expected_calibration_error, fit_temperature, reliability, softmax
+from insight.calibration import expected_calibration_error, fit_temperature, reliability, softmax
+from insight.testset import EVALUATION_FILE, GALLERY_FILE
 from resnet.constants import CLASSES
-from resnet.testset import EVALUATION_FILE, GALLERY_FILE
-from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, atomic_write_bytes, atomic_write_json, load_pretrained
+from resnet.files import atomic_write_bytes, atomic_write_json
+from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, load_pretrained
 
 from .data import DataError, Split, load_cifar10
 from .inference import predict_logits, resolve_device

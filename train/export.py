@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from resnet.constants import CLASSES, JPEG_DATASET_NAME
+from resnet.files import atomic_write_bytes, atomic_write_json
 from resnet.model import resnet50
-from resnet.weights import CARD_FILE, WEIGHTS_FILE, WeightsError, atomic_write_bytes, atomic_write_json, data_contract, save_weights
+from resnet.weights import CARD_FILE, WEIGHTS_FILE, WeightsError, data_contract, save_weights
 
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint
 from .config import ConfigError, TrainConfig

@@ -2,9 +2,10 @@
 
     python -m train.push_space --repo-id USER/SPACE [--dry-run] [--private]
 
-The Space runs ``app.py`` on the shipped weights, so it needs the app, its
-figure modules, the ``resnet`` package, ``assets/`` and the README (whose YAML
-front matter configures the Space) - no tests, no training code, no data.
+The Space runs ``app.py`` on the shipped weights, so it needs the entry point,
+the ``explorer``, ``insight`` and ``resnet`` packages, ``assets/`` and the
+README (whose YAML front matter configures the Space) - no tests, no training
+code, no data.
 ``--dry-run`` lists the files and their sizes without touching the network.
 Files over 10 MB are stored by the Hub through LFS/Xet; ``upload_folder``
 does that on its own.
@@ -20,15 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+PACKAGES: tuple[str, ...] = ("explorer", "insight", "resnet")  # what app.py imports, and nothing of train/
 ALLOW_PATTERNS: list[str] = [
     "app.py",
-    "app_handlers.py",
-    "app_figures.py",
-    "app_insights_figures.py",
     "requirements.txt",
     "README.md",
-    "resnet/*.py",  # fnmatch: "resnet/**/*.py" alone would miss files directly in resnet/
-    "resnet/**/*.py",
+    # fnmatch: "pkg/**/*.py" alone would miss files directly in pkg/
+    *(f"{pkg}/{pattern}" for pkg in PACKAGES for pattern in ("*.py", "**/*.py")),
     "assets/**",
 ]
 IGNORE_PATTERNS: list[str] = ["**/__pycache__/**", "*.pyc", "**/.*", ".*", "*.tmp"]
@@ -53,7 +52,7 @@ def problems(root: Path, files: list[tuple[str, int]]) -> list[str]:
     """What would make the Space fail to start, in sentences."""
     names = {rel for rel, _ in files}
     found = []
-    required_files = ("app.py", "app_handlers.py", "app_figures.py", "app_insights_figures.py", "requirements.txt", "resnet/__init__.py",
+    required_files = ("app.py", "requirements.txt", *(f"{pkg}/__init__.py" for pkg in PACKAGES),
                       "assets/resnet50_cifar10.safetensors")
     for required in required_files:
         if required not in names:

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnet.constants import INPUT_SIZE
+from resnet.files import atomic_write_json
 from resnet.model import ResNet, resnet50
-from resnet.weights import atomic_write_json
 
 from .augment import train_batch
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state

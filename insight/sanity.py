@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .model import STAGE_NAMES, ResNet
+from resnet.model import STAGE_NAMES, ResNet
+
+from .gradcam import gradcam_all_stages
 
 
 class SanityError(ValueError):
@@ -151,8 +153,6 @@ def sanity_check(model: ResNet, x: Tensor, target: int | None = None,
          "steps": [{"randomised": ["layer4"], "probs": ..., "maps": {...},
                     "metrics": {stage: {"spearman", "pearson", "top_overlap"}}}, ...]}
     """
-    from .explain import gradcam_all_stages
-
     if x.ndim != 4 or x.shape[0] != 1:
         raise SanityError(f"Expected one normalised image of shape (1, 3, H, W), got {tuple(x.shape)}.")
     if not stages:

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .constants import CLASSES, MEAN
-from .preprocess import denormalise, images_to_pixels, normalise, to_model_input
+from resnet.constants import CLASSES, MEAN
+from resnet.preprocess import denormalise, images_to_pixels, normalise, to_model_input
+
+from .gradcam import analyze, top_k
 
 SWEEP_KINDS: tuple[str, ...] = ("noise", "blur", "brightness", "contrast", "occlusion", "fgsm")
 
@@ -387,8 +389,6 @@ def probe(model: nn.Module, image: np.ndarray, *, true_label: int | None = None,
     "clean_cams", "cams" ({stage: (h, w) float32}), "reference_prob_change",
     "max_pixel_change" (grey levels).
     """
-    from .explain import analyze, top_k
-
     image = _check_image(image)
     if true_label is not None and not 0 <= int(true_label) < len(CLASSES):
         raise PerturbationError(f"The true label must be in 0..{len(CLASSES) - 1}, got {true_label}.")

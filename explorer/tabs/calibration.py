@@ -1,96 +1,19 @@
-"""Plotly figures and short Markdown summaries for the insight tabs: test-set
-explorer, calibration, robustness, sanity check.
-
-Builders only: each takes the plain data that ``resnet.testset``,
-``resnet.robustness`` or ``resnet.sanity`` returns and gives back a
-``plotly.graph_objects.Figure`` or a Markdown string. No model, no Gradio.
-"""
+"""Calibration: the reliability diagram before and after temperature scaling."""
 
 from __future__ import annotations
 
 import textwrap
 from typing import Any, Sequence
 
+import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
-from resnet.constants import CLASSES
-from resnet.robustness import STRENGTH_UNITS, SweepPoint
+from insight import testset
 
-_MARGIN = dict(l=60, r=20, t=60, b=50)
-
-
-def confusion_matrix_figure(ev: dict[str, Any], normalise: bool = False) -> go.Figure:
-    """Heatmap of the confusion matrix (rows true, columns predicted) with counts in the cells.
-
-    ``normalise`` colours by the row fraction (recall per class) so rare and
-    common mistakes are comparable; the cell text and hover keep the counts.
-    """
-    cm = np.asarray(ev["confusion_matrix"], dtype=np.int64)
-    row_totals = cm.sum(axis=1, keepdims=True)
-    frac = cm / np.maximum(row_totals, 1)
-    z = frac if normalise else cm
-    names = list(CLASSES)
-    hover = [
-        [f"true {names[t]}, predicted {names[p]}: {cm[t, p]} ({frac[t, p]:.1%} of {names[t]})" for p in range(len(names))]
-        for t in range(len(names))
-    ]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=names,
-            y=names,
-            text=cm,
-            texttemplate="%{text}",
-            customdata=hover,
-            hovertemplate="%{customdata}<extra></extra>",
-            colorscale="Blues",
-            colorbar=dict(title="fraction of row" if normalise else "images"),
-            # The diagonal dwarfs every mistake; a log-ish cap would lie about counts,
-            # so clip the colour scale at the largest off-diagonal value instead.
-            zmax=_offdiag_max(z) if not normalise else None,
-            zmin=0,
-        )
-    )
-    fig.update_layout(
-        title=f"Confusion matrix, {int(cm.sum())} test images" + (" (colour: row fraction)" if normalise else ""),
-        xaxis=dict(title="predicted", side="bottom", tickangle=-45),
-        yaxis=dict(title="true", autorange="reversed"),
-        margin=_MARGIN,
-        height=520,
-    )
-    return fig
-
-
-def _offdiag_max(z: np.ndarray) -> float | None:
-    off = z[~np.eye(len(z), dtype=bool)]
-    top = float(off.max()) if off.size else 0.0
-    return top * 1.25 if top > 0 else None
-
-
-def per_class_accuracy_figure(ev: dict[str, Any]) -> go.Figure:
-    """Bars of per-class accuracy with the overall accuracy as a dashed line."""
-    acc = np.asarray(ev["per_class_accuracy"], dtype=np.float64)
-    overall = float(ev["accuracy"])
-    fig = go.Figure(
-        go.Bar(
-            x=list(CLASSES),
-            y=acc,
-            text=[f"{a:.1%}" for a in acc],
-            textposition="outside",
-            marker_color=["#d62728" if a == acc.min() else "#1f77b4" for a in acc],
-            hovertemplate="%{x}: %{y:.2%}<extra></extra>",
-        )
-    )
-    # The overall figure goes in the title: a label on the line would sit on top of the bars.
-    fig.add_hline(y=overall, line_dash="dash", line_color="gray")
-    fig.update_layout(
-        title=f"Accuracy per class (dashed: overall {overall:.1%})",
-        yaxis=dict(title="accuracy", tickformat=".0%", range=[max(0.0, float(acc.min()) - 0.1), 1.05]),
-        margin=_MARGIN,
-        height=380,
-    )
-    return fig
+from ..context import TEST_SET, user_errors
+from ..plots import MARGIN
+from ..ui import Ctx
 
 
 def _reliability_traces(rel: dict[str, Sequence[float]], name: str, colour: str, ece: float) -> list[go.BaseTraceType]:
@@ -137,7 +60,7 @@ def reliability_figure(ev: dict[str, Any]) -> go.Figure:
                           fillcolor="rgba(214,39,40,0.25)", line_width=0, layer="below")
     fig.add_traces(_reliability_traces(rel, "trained", "#1f77b4", float(ev["ece"])))
     title = f"Reliability diagram: ECE {float(ev['ece']):.2%} on all {int(ev['n'])} test images"
-    bottom = _MARGIN["b"]
+    bottom = MARGIN["b"]
     annotations = []
     rel_t = ev.get("reliability_after_temperature")
     if rel_t is not None and ev.get("ece_after_temperature") is not None:
@@ -162,8 +85,8 @@ def reliability_figure(ev: dict[str, Any]) -> go.Figure:
         yaxis=dict(title="accuracy", range=[0, 1.02]),
         barmode="overlay",
         annotations=annotations,
-        margin={**_MARGIN, "t": 80, "b": bottom},
-        height=480 + bottom - _MARGIN["b"],
+        margin={**MARGIN, "t": 80, "b": bottom},
+        height=480 + bottom - MARGIN["b"],
         legend=dict(x=0.02, y=0.98, bgcolor="rgba(255,255,255,0.7)"),
     )
     return fig
@@ -179,82 +102,8 @@ def confidence_histogram_figure(ev: dict[str, Any]) -> go.Figure:
         fig.add_trace(go.Histogram(x=conf[mask], name=name, marker_color=colour, xbins=dict(start=0, end=1, size=1 / 30)))
     fig.update_layout(title="Confidence of right and wrong predictions", barmode="stack",
                       xaxis=dict(title="confidence", range=[0, 1]), yaxis=dict(title="images"),
-                      margin=_MARGIN, height=320)
+                      margin=MARGIN, height=320)
     return fig
-
-
-def robustness_line_figure(points: Sequence[SweepPoint | Sequence[float]], kind: str, true_label: int | None = None) -> go.Figure:
-    """True-class probability as the perturbation strength grows, marking where the prediction flips."""
-    pts = [SweepPoint(*p) for p in points]
-    x = [p.strength for p in pts]
-    ref = CLASSES[true_label] if true_label is not None else "reference class"
-    fig = go.Figure(
-        go.Scatter(
-            x=x,
-            y=[p.true_prob for p in pts],
-            mode="lines+markers",
-            name=f"P({ref})",
-            customdata=[[CLASSES[p.pred], p.pred_prob] for p in pts],
-            hovertemplate=f"strength %{{x:.3g}}<br>P({ref}) %{{y:.1%}}<br>predicted %{{customdata[0]}} (%{{customdata[1]:.1%}})<extra></extra>",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=[p.pred_prob for p in pts],
-            mode="markers+text",
-            name="top prediction",
-            text=[CLASSES[p.pred] for p in pts],
-            textposition="top center",
-            marker=dict(symbol="x", color=["#2ca02c" if true_label is None or p.pred == true_label else "#d62728" for p in pts]),
-            hoverinfo="skip",
-        )
-    )
-    fig.update_layout(
-        title=f"Confidence under {kind}",
-        xaxis=dict(title=STRENGTH_UNITS.get(kind, "strength")),
-        yaxis=dict(title="probability", range=[0, 1.08], tickformat=".0%"),
-        margin=_MARGIN,
-        height=340,
-        legend=dict(orientation="h", y=-0.25),
-    )
-    return fig
-
-
-def sanity_figure(result: dict[str, Any]) -> go.Figure:
-    """Spearman rank correlation (trained vs randomised Grad-CAM) per stage, one line per cascade step."""
-    fig = go.Figure()
-    for step in result["steps"]:
-        stages = list(step["metrics"])
-        rho = [step["metrics"][s]["spearman"] for s in stages]
-        fig.add_trace(go.Bar(x=stages, y=[None if not np.isfinite(r) else r for r in rho],
-                             name="randomised " + "+".join(step["randomised"]),
-                             hovertemplate="%{x}: Spearman %{y:.2f}<extra>%{fullData.name}</extra>"))
-    fig.update_layout(
-        title=f"Does the Grad-CAM for {CLASSES[result['target']]} survive random weights?",
-        yaxis=dict(title="Spearman rank correlation", range=[-1, 1]),
-        xaxis=dict(title="Grad-CAM layer"),
-        margin=_MARGIN,
-        height=340,
-    )
-    return fig
-
-
-# ----- Markdown summaries ---------------------------------------------------------------
-
-
-def test_set_markdown(summary: dict[str, Any]) -> str:
-    """The test-set tab's headline, from ``resnet.testset.accuracy_summary``."""
-    tta = summary.get("accuracy_tta")
-    tta_text = f" ({tta:.2%} with horizontal-flip test-time augmentation)" if tta is not None else ""
-    dataset = f" ({summary['dataset']})" if summary.get("dataset") else ""
-    text = (
-        f"**{summary['accuracy']:.2%}** of the {summary['n']:,} test images{dataset} are classified "
-        f"correctly{tta_text}. Weakest class: **{summary['worst_class']}** ({summary['worst_class_accuracy']:.1%})."
-    )
-    if summary.get("most_confused"):
-        text += f" Most frequent mistake: **{summary['most_confused']}**."
-    return text
 
 
 def calibration_markdown(ev: dict[str, Any]) -> str:
@@ -290,3 +139,34 @@ def calibration_markdown(ev: dict[str, Any]) -> str:
     )
     lines.append(f"*Which data:* the temperature was fitted on {ev.get('temperature_fit_on') or 'held-out data (not recorded)'}.")
     return "\n\n".join(lines)
+
+
+@user_errors
+def calibration(loaded: bool) -> tuple:
+    """Reliability diagram (and after temperature scaling), confidence histogram, and what they say."""
+    if loaded:
+        return (gr.skip(),) * 4
+    try:
+        ev = TEST_SET.evaluation
+    except testset.TestSetError as exc:
+        return f"**Calibration is not available.** {exc}", None, None, False
+    return (
+        calibration_markdown(ev),
+        reliability_figure(ev),
+        confidence_histogram_figure(ev),
+        True,
+    )
+
+
+def build(ctx: Ctx) -> None:
+    with gr.Tab("Calibration", id="calibration") as tab:
+        gr.Markdown(
+            "How sure is the model when it is wrong? The reliability diagram bins all evaluated test predictions by "
+            "confidence (the top softmax probability) and plots each bin's accuracy: a calibrated model sits on "
+            "the diagonal. The expected calibration error (ECE) is the gap, weighted by how many images each bin holds."
+        )
+        text = gr.Markdown(elem_id="calibration-summary")
+        reliability = gr.Plot(label="Reliability diagram", elem_id="reliability-plot")
+        histogram = gr.Plot(label="Confidence of right and wrong predictions", elem_id="confidence-plot")
+        loaded = gr.State(False)
+    tab.select(calibration, inputs=[loaded], outputs=[text, reliability, histogram, loaded], api_name="calibration")

@@ -12,7 +12,6 @@ Everything here is numpy + json: it runs without a model.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .constants import CLASSES, INPUT_SIZE, NUM_CLASSES
-from .weights import ASSETS_DIR
+from resnet.constants import CLASSES, INPUT_SIZE, NUM_CLASSES
+from resnet.files import AssetError, read_json
+from resnet.weights import ASSETS_DIR
 
 EVALUATION_FILE = "evaluation.json"
 GALLERY_FILE = "test_gallery.npz"
@@ -118,12 +118,12 @@ def validate_evaluation(ev: Any, path: Path | str = EVALUATION_FILE) -> dict[str
 def load_evaluation(path: Path | str = ASSETS_DIR / EVALUATION_FILE) -> dict[str, Any]:
     """Read and validate evaluation.json (see ``validate_evaluation``)."""
     path = Path(path)
-    if not path.is_file():
-        raise TestSetError(f"No test-set evaluation at {path}. {HOW_TO_MAKE}")
     try:
-        ev = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise _fail(path, f"is not readable JSON ({exc})") from exc
+        ev = read_json(path)
+    except AssetError as exc:
+        if exc.missing:
+            raise TestSetError(f"No test-set evaluation at {path}. {HOW_TO_MAKE}") from exc
+        raise TestSetError(f"{exc} {HOW_TO_MAKE}") from exc
     return validate_evaluation(ev, path)
 
 

@@ -1,0 +1,141 @@
+"""What every view of the explorer shares: the loaded model and assets, and the glue helpers.
+
+The model, its card, the architecture table and the sample index are loaded
+once, here, at import. ``EXPLORER_ASSETS_DIR`` points the app at another assets
+folder (the tests use it). The helpers turn component values into model inputs
+and bad input into a ``gr.Error`` sentence; the tab modules call them.
+"""
+
+from __future__ import annotations
+
+import os
+
+# No network at import or run time: no telemetry, no version check, no Hub.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import functools  # noqa: E402
+import hashlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from insight import render, testset  # noqa: E402
+from insight.architecture import architecture_table  # noqa: E402
+from resnet import CLASSES, STAGE_NAMES, preprocess  # noqa: E402
+from resnet.weights import ASSETS_DIR, load_pretrained  # noqa: E402
+
+# Our own size check runs before decoding; this makes PIL refuse anything
+# bigger too, in case some other code path opens an upload.
+Image.MAX_IMAGE_PIXELS = preprocess.MAX_PIXELS
+
+ASSETS = Path(os.environ.get("EXPLORER_ASSETS_DIR", ASSETS_DIR)).resolve()
+MODEL, CARD = load_pretrained(ASSETS)
+# Grad-CAM needs gradients of activations only; no weight ever needs one here.
+MODEL.requires_grad_(False)
+ARCHITECTURE = architecture_table(MODEL)
+DISPLAY = 256  # side in px of the enlarged 32x32 images
+TOP_K = 5
+PREDICTED = "predicted class"
+TARGET_CHOICES = [PREDICTED, *CLASSES]
+BLOCK_NAMES = list(MODEL.blocks())
+STRIDES = {f.name: f.stride for f in MODEL.feature_info}
+CHANNELS = {f.name: f.channels for f in MODEL.feature_info}
+# Read on first use (the Test set / Calibration tabs), so a missing file costs the Classify panel nothing.
+TEST_SET = testset.TestSet(ASSETS)
+
+
+def _samples() -> dict[str, Path]:
+    """sha256 of the file -> path, for assets/samples/<class>_<k>.png in class order."""
+    paths = sorted((ASSETS / "samples").glob("*.png"), key=lambda p: (_class_of(p), p.name))
+    return {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in paths if _class_of(p) in CLASSES}
+
+
+def _class_of(path: Path) -> str:
+    return path.stem.rsplit("_", 1)[0]
+
+
+SAMPLES = _samples()
+
+
+def sample_of(image: str) -> Path | None:
+    """The shipped test image with exactly these bytes, if any."""
+    return SAMPLES.get(hashlib.sha256(Path(image).read_bytes()).hexdigest())
+
+
+def known_label(image: str) -> int | None:
+    """The true class index when the image is one of the shipped samples, else None."""
+    sample = sample_of(image)
+    return None if sample is None else CLASSES.index(_class_of(sample))
+
+
+def truth(image: str, predicted: int) -> str:
+    """The true class when the image is one of the shipped test images (matched by content)."""
+    sample = sample_of(image)
+    if sample is None:
+        return "True class: unknown (your own image)."
+    true = _class_of(sample)
+    verdict = "correct" if CLASSES[predicted] == true else f"wrong (predicted {CLASSES[predicted]})"
+    return f"True class: **{true}** (CIFAR-10 test image `{sample.name}`): the prediction is {verdict}."
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn a bad upload or argument into a message for the user (and the API client)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except preprocess.ImageInputError as exc:
+            raise gr.Error(str(exc), title="This image cannot be used") from None
+        except ValueError as exc:
+            raise gr.Error(str(exc), title="Invalid request") from None
+
+    return wrapper
+
+
+def model_input(image: str | None, tell_user: bool = False) -> preprocess.ModelInput:
+    img, notes = preprocess.load_image_with_notes(image)
+    if tell_user:
+        w, h = img.size
+        if w != h:
+            notes.append(f"The image is {w}x{h}; the network sees its centre {min(w, h)}x{min(w, h)} square, scaled to 32x32.")
+        for note in notes:
+            gr.Info(note)
+    return preprocess.to_model_input(img)
+
+
+def target_index(choice: str | None) -> int | None:
+    if choice in (None, "", PREDICTED):
+        return None
+    if choice not in CLASSES:
+        raise ValueError(f"Unknown target class {choice!r}; use one of {', '.join(TARGET_CHOICES)}.")
+    return CLASSES.index(choice)
+
+
+def enlarge(seen: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(seen).resize((DISPLAY, DISPLAY), Image.Resampling.NEAREST))
+
+
+NO_IMAGE = "No image yet: pick one of the test images above or upload your own, then come back here."
+
+
+def no_image() -> None:
+    gr.Warning(NO_IMAGE, title="No image")
+
+
+def pair_overlays(images: tuple[np.ndarray, np.ndarray], cams: tuple[np.ndarray, np.ndarray],
+                   captions: tuple[str, str]) -> list[tuple[np.ndarray, str]]:
+    """Two Grad-CAM overlays on one colour scale, so their strengths compare."""
+    vmax = max(float(c.max()) for c in cams)
+    return [(render.overlay(im, cam, vmax=vmax, size=DISPLAY), cap) for im, cam, cap in zip(images, cams, captions)]
+
+
+def check_stage(stage: str) -> str:
+    if stage not in STAGE_NAMES:
+        raise ValueError(f"Unknown Grad-CAM layer {stage!r}; use one of {', '.join(STAGE_NAMES)}.")
+    return stage

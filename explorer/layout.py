@@ -1,0 +1,52 @@
+"""The page: header, classify panel, one tab per view; and the server that serves it."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from resnet import preprocess
+
+from . import classify
+from .context import ASSETS, CARD
+from .tabs import TABS
+from .ui import opened
+
+
+def _header_markdown() -> str:
+    acc = CARD.get("test_accuracy")
+    acc_text = f"{acc * 100:.2f}% test accuracy" if isinstance(acc, (int, float)) else "test accuracy not measured"
+    notes = CARD.get("notes", "")
+    return (
+        "# ResNet-50 on CIFAR-10, explained\n"
+        "A ResNet-50 trained from scratch on 32x32 CIFAR-10 images "
+        f"({acc_text}, {CARD.get('dataset', 'CIFAR-10')}). Upload any image or pick a test image: "
+        "see what it predicts, where each stage looks (Grad-CAM), what the feature maps hold and "
+        "how much every residual block changes its input."
+        + (f"\n\n> **Note on these weights:** {notes}" if notes else "")
+    )
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="ResNet-50 on CIFAR-10, explained", analytics_enabled=False) as demo:
+        gr.Markdown(_header_markdown())
+        ctx = classify.build_panel()
+        with gr.Tabs() as tabs:
+            for tab in TABS:
+                tab.build(ctx)
+        for tab in tabs.children:
+            tab.select(opened(tab.id), outputs=[ctx.open_tab], queue=False, api_name=f"open_{tab.id}",
+                       api_visibility="private")
+        classify.wire_analysis(ctx)
+    # Two requests at a time on a 2-core CPU; a bounded queue answers "busy"
+    # instead of piling up work.
+    demo.queue(default_concurrency_limit=2, max_size=32)
+    return demo
+
+
+def launch(demo: gr.Blocks) -> None:
+    demo.launch(
+        allowed_paths=[str(ASSETS)],  # the examples; nothing else on disk is served
+        max_file_size=preprocess.MAX_BYTES,
+        ssr_mode=False,
+        show_error=False,
+    )

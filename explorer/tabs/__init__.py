@@ -1,0 +1,8 @@
+"""One module per tab, each with its layout (``build(ctx)``), event handlers and figures.
+
+``TABS`` is the page order; adding a tab is one module and one line here.
+"""
+
+from . import blocks, calibration, features, gradcam, model, robustness, sanity, testset, training
+
+TABS = (gradcam, features, blocks, robustness, sanity, testset, calibration, training, model)

@@ -1,0 +1,13 @@
+"""What the explorer shows, computed: pure functions over a model and arrays.
+
+Grad-CAM at every stage (``gradcam``), a contrasting attribution (``contrast``),
+activations and their most active channels (``activations``), the inside of a
+residual block (``anatomy``), the architecture table (``architecture``), maps
+drawn over images (``render``), robustness probes (``robustness``), calibration
+(``calibration``), the test-set explorer's data (``testset``) and the saliency
+sanity check (``sanity``).
+
+Depends on ``resnet``, torch, numpy and captum (imported on first use); never
+on gradio, plotly or ``train``. Inputs and outputs are tensors, numpy arrays
+and plain data, so every function is testable without a server.
+"""
