@@ -211,3 +211,36 @@ def test_export_refuses_an_unfinished_run(tiny_cifar, tiny_data, tmp_path):
     with pytest.raises(ExportError, match=r"not finished \(0 of 1 epochs\).*--resume"):
         export_run(tmp_path / "run", tmp_path / "assets", data=tiny_data, device="cpu")
     assert not (tmp_path / "assets").exists()
+
+
+def test_the_card_names_the_data_set_and_the_timings_not_paths(exported, tiny_cifar):
+    assets, result = exported
+    card_text = (assets / "model_card.json").read_text()
+    history_text = (assets / "history.json").read_text()
+    for text in (card_text, history_text):
+        assert str(tiny_cifar.archive) not in text and str(assets.parent) not in text, "no path of the training machine"
+    card = json.loads(card_text)
+    assert card["dataset"] == JPEG_DATASET_NAME and not {"data", "out", "export_to"} & card["config"].keys()
+    assert card["torch_version"] == torch.__version__ and card["device"].startswith("CPU")
+    assert card["training_seconds"] > 0
+    assert card["training_images_per_second"] == pytest.approx(40 / card["training_seconds"])
+    assert card["evaluation_precision"].startswith("float32")
+
+
+def test_the_evaluation_runs_in_float32_whatever_the_trainer_left_switched_on(tiny_data, monkeypatch):
+    """The card's accuracy is the float32 one: no autocast, and no TF32 even where the trainer enabled it."""
+    from torch import nn
+
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append((x.dtype, torch.is_autocast_enabled(), torch.backends.cudnn.allow_tf32,
+                         torch.backends.cuda.matmul.allow_tf32))
+            return torch.arange(10.0).repeat(x.shape[0], 1)
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    evaluate_model(Spy(), tiny_data.test, dataset="tiny", weights="spy", device=torch.device("cpu"), show_progress=False)
+    assert seen and set(seen) == {(torch.float32, False, False, False)}
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32, "restored afterwards"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import ConfigError, TrainConfig, TrainingDiverged, fit, load_cifar10
+from train import ConfigError, DataError, TrainConfig, TrainingDiverged, fit, load_cifar10
 from train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from train.config import build_parser, config_from_args
-from train.trainer import HISTORY_FILE, TIMING_KEYS, lr_factor, resolution_at
+from train.trainer import HISTORY_FILE, TIMING_KEYS, lr_factor, peak_lr, resolution_at
 
 REPO = Path(__file__).resolve().parent.parent
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -149,7 +149,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tiny_cifar, tiny_data, 
 
 
 def test_resume_refuses_a_changed_recipe(tiny_cifar, tiny_data, reference, tmp_path):
-    with pytest.raises(ConfigError, match=r"lr: 0.2 in the checkpoint, 0.3 now"):
+    with pytest.raises(ConfigError, match=r"lr: 0.1 in the checkpoint, 0.3 now"):
         fit(tiny_config(tiny_cifar, reference[0], resume=True, lr=0.3), data=tiny_data, show_progress=False)
 
 
@@ -217,7 +217,7 @@ def test_out_of_range_settings_are_refused(bad):
 
 
 def test_lr_warms_up_then_decays_to_zero():
-    cfg = TrainConfig(warmup=0.2)
+    cfg = TrainConfig(warmup=0.2, warmup_from=0.0)
     lrs = [lr_factor(s, 100, cfg) for s in range(100)]
     assert lrs[19] == pytest.approx(1.0) and lrs[0] == pytest.approx(0.05)
     assert all(a < b for a, b in zip(lrs[:19], lrs[1:20]))
@@ -227,6 +227,15 @@ def test_lr_warms_up_then_decays_to_zero():
     assert cosine[20] == pytest.approx(1.0) and cosine[40] > lrs[40]
 
 
+def test_the_default_warm_up_starts_at_a_fifth_of_the_peak():
+    """0.04 -> 0.2 at batch 512, the ResNet-18 recipe the GPU default follows."""
+    cfg = TrainConfig()
+    lrs = [lr_factor(s, 1000, cfg) for s in range(1000)]
+    assert lrs[0] == pytest.approx(0.2, abs=0.01) and lrs[199] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:199], lrs[1:200]))
+    assert peak_lr(cfg) == pytest.approx(0.2) and cfg.batch_size == 512
+
+
 def test_resolution_ramps_from_min_res_to_32_in_steps():
     cfg = TrainConfig(min_res=16, res_ramp_start=0.5, res_ramp_end=0.9, res_step=8)
     res = [resolution_at(s, 100, cfg) for s in range(100)]
@@ -234,3 +243,84 @@ def test_resolution_ramps_from_min_res_to_32_in_steps():
     assert set(res) == {16, 24, 32}
     assert res == sorted(res)
     assert {resolution_at(s, 100, TrainConfig(min_res=32)) for s in range(100)} == {32}
+
+
+# ----- the package's shape, the GPU-run guards --------------------------------------------
+
+
+def test_no_module_of_train_imports_one_that_imports_it_back():
+    """export runs at the end of training but must not need the trainer (issue 9: the circle is gone)."""
+    import ast
+
+    graph = {}
+    for path in (REPO / "train").glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("train."):
+                deps.add(node.module.split(".")[1])
+        graph[path.stem] = deps
+
+    def reaches(start: str, goal: str, seen: frozenset = frozenset()) -> bool:
+        return any(d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in graph.get(start, ()))
+
+    circles = sorted(m for m in graph if reaches(m, m))
+    assert not circles, f"import circles through {circles}"
+    assert "trainer" in graph["__main__"] and "trainer" not in graph["export"]
+
+
+def test_checkpoints_are_written_at_the_end_only_unless_asked(tiny_cifar, tiny_data, tmp_path, monkeypatch):
+    import train.trainer as trainer
+
+    saved = []
+    real = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda path, state: (saved.append(state["epoch"]), real(path, state)))
+    fit(tiny_config(tiny_cifar, tmp_path / "a"), data=tiny_data, show_progress=False)
+    assert saved == [2], "a 2-epoch run writes one checkpoint, when it finishes"
+    saved.clear()
+    fit(tiny_config(tiny_cifar, tmp_path / "b", checkpoint_every=1), data=tiny_data, show_progress=False)
+    assert saved == [1, 2]
+
+
+def test_a_missing_module_stops_the_run_before_the_first_step(tiny_cifar, tiny_data, tmp_path, monkeypatch):
+    import train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "RUN_MODULES", (*trainer.RUN_MODULES, "no_such_module_xyz"))
+    with pytest.raises(ConfigError, match="lacks what the run needs: no_such_module_xyz"):
+        fit(tiny_config(tiny_cifar, tmp_path / "run"), data=tiny_data, show_progress=False)
+    assert not (tmp_path / "run").exists(), "nothing trained, nothing written"
+
+
+def test_the_default_data_path_is_inside_the_checkout_and_says_where_to_get_it(tmp_path, monkeypatch):
+    assert TrainConfig().data == "data/cifar10-jpeg.tar.gz"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"mkdir -p data && cp ../shared/data/cifar10-jpeg.tar.gz data/"):
+        load_cifar10(TrainConfig().data)
+
+
+def test_bn_recalibration_gives_the_plain_statistics_of_the_batches():
+    from torch import nn
+
+    from train.trainer import recalibrate_bn
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3, momentum=0.1)
+    model = nn.Sequential(bn).eval()
+    batches = [torch.randn(8, 3, 4, 4) * (i + 1) + i for i in range(3)]
+    recalibrate_bn(model, batches, use_amp=False)
+    every = torch.cat(batches)
+    assert torch.allclose(bn.running_mean, every.mean((0, 2, 3)), atol=1e-5)
+    # A cumulative average of each batch's unbiased variance, each batch weighted alike.
+    var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(bn.running_var, var, atol=1e-4)
+    assert bn.momentum == 0.1 and not model.training, "momentum and mode come back as they were"
+
+
+def test_the_ema_gets_its_own_batchnorm_statistics_at_the_end(tiny_cifar, tiny_data, reference, tmp_path):
+    averaged = fit(tiny_config(tiny_cifar, tmp_path / "averaged", bn_recalibration=0), data=tiny_data, show_progress=False)
+    assert reference[1].history[-1]["train_loss"] == averaged.history[-1]["train_loss"], "recalibration changes no step"
+    ours, theirs = final_state(reference[0])["ema"], final_state(tmp_path / "averaged")["ema"]
+    assert torch.equal(ours["conv1.weight"], theirs["conv1.weight"]) and torch.equal(ours["fc.weight"], theirs["fc.weight"])
+    assert not torch.allclose(ours["bn1.running_mean"], theirs["bn1.running_mean"])
+    assert int(ours["bn1.num_batches_tracked"]) == 4, "40 training images in batches of 10"

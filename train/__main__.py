@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 
 from resnet.weights import WeightsError
 
@@ -13,10 +14,11 @@ from .trainer import TrainingDiverged, fit
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     argv = sys.argv[1:] if argv is None else argv
     cfg = config_from_args(argv)
     try:
-        result = fit(cfg)
+        result = fit(cfg, command_started=started)
     except (ConfigError, DataError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

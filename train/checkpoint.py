@@ -1,4 +1,5 @@
-"""Checkpoints: torch.save of plain types and tensors, written atomically, read with weights_only=True."""
+"""The run folder's files: the checkpoint (torch.save of plain types and tensors, written
+atomically, read with weights_only=True) and the names of what sits beside it."""
 
 from __future__ import annotations
 
@@ -9,13 +10,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from resnet.files import atomic_write_bytes
 
 from .config import ConfigError
 
 CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.json"
 FORMAT = 1
+
+
+def all_finite(module: nn.Module) -> bool:
+    """No NaN or infinity in any floating tensor: a checkpoint or export of such weights is refused."""
+    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -45,6 +45,12 @@ EXPECTED = (
 )
 
 
+SAMPLES_PER_CLASS = 3
+PACK_NAME = "cifar10-jpeg.tar.gz"
+# ../shared/data is the shared, read-only data folder beside the checkout.
+PACK_HINT = "copy the offline pack there from the repository root with `mkdir -p data && cp ../shared/data/cifar10-jpeg.tar.gz data/`, or pass --data PATH"
+
+
 class DataError(ValueError):
     """The data path is missing, incomplete or not CIFAR-10 shaped."""
 
@@ -56,6 +62,19 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+def sample_rows(labels: np.ndarray, per_class: int = SAMPLES_PER_CLASS) -> dict[str, int]:
+    """``<class>_<k>.png`` -> row: the first ``per_class`` test images of each class, in class order.
+
+    The one choice of the shipped samples (not cherry-picked), shared by the
+    export that writes them as PNGs and the training replay that probes them.
+    """
+    rows = {}
+    for c, name in enumerate(CLASSES):
+        for k, row in enumerate(np.flatnonzero(np.asarray(labels) == c)[:per_class]):
+            rows[f"{name}_{k}.png"] = int(row)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,8 @@ def load_cifar10(path: str | Path, download: bool = False) -> Cifar10:
     if download:
         return _load_torchvision_root(p, download=True)
     if not p.exists():
+        if p.name == PACK_NAME:
+            raise DataError(f"{p} does not exist: {PACK_HINT}.")
         raise DataError(f"{p} does not exist. Expected {EXPECTED}.")
     if p.is_file():
         return _load_archive(p)

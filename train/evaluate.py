@@ -1,9 +1,10 @@
 """Evaluate weights on the CIFAR-10 test split and write assets/evaluation.json.
 
     python -m train.evaluate --weights assets/resnet50_cifar10.safetensors \\
-        --data ../shared/data/cifar10-jpeg.tar.gz --out assets
+        --data data/cifar10-jpeg.tar.gz --out assets
 
-Reports plain and flip-TTA accuracy, per-class accuracy, the confusion matrix,
+Always in float32 (TF32 off on CUDA), whatever the weights were trained in: this is
+the number a model card reports. Reports plain and flip-TTA accuracy, per-class accuracy, the confusion matrix,
 calibration (ECE over 15 bins, reliability bins), a temperature fitted on the
 even-indexed test images with the ECE it leaves on the odd-indexed ones, and
 every image's prediction. Also writes test_gallery.npz: the most confident
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from insight.calibration import expected_calibration_error, fit_temperature, reliability, softmax
 from insight.testset import EVALUATION_FILE, GALLERY_FILE
@@ -33,8 +35,7 @@ from resnet.files import atomic_write_bytes, atomic_write_json
 from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, load_pretrained
 
 from .data import DataError, Split, load_cifar10
-from .inference import predict_logits, resolve_device
-from .progress import Progress
+from .inference import exact_float32, predict_logits, resolve_device
 
 ECE_BINS = 15
 GALLERY_PER_CELL = 32  # most confident mistakes per (true, predicted) pair
@@ -127,17 +128,16 @@ def evaluate_model(
     channels_last: bool = True,
     show_progress: bool = True,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """(evaluation.json dict, gallery row indices) for a model on a test split."""
+    """(evaluation.json dict, gallery row indices) for a model on a test split, computed in float32."""
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     images = torch.from_numpy(test.images)
-    bar = Progress(2 * len(test), "evaluate", enabled=show_progress)
-    logits = predict_logits(model, images, device=device, batch_size=batch_size, channels_last=channels_last, progress=bar)
-    logits_flip = predict_logits(
-        model, images, device=device, batch_size=batch_size, channels_last=channels_last, flip=True, progress=bar
-    )
-    bar.close()
+    with exact_float32(), tqdm(total=2 * len(test), desc="evaluate", unit="img", disable=not show_progress) as bar:
+        logits = predict_logits(model, images, device=device, batch_size=batch_size, channels_last=channels_last,
+                                progress=bar)
+        logits_flip = predict_logits(model, images, device=device, batch_size=batch_size,
+                                     channels_last=channels_last, flip=True, progress=bar)
     if not torch.isfinite(logits).all():
         raise ValueError(f"the model {weights} produces NaN or infinite logits; these weights are broken")
     report = evaluation_report(logits, logits_flip, test.labels, dataset=dataset, weights=weights)

@@ -5,9 +5,12 @@
 Writes, into the target folder: the weights (EMA if the run used it) as
 float16 safetensors, ``model_card.json``, ``history.json``, ``samples/``
 (the first 3 test images of every class as PNG) and, by evaluating exactly
-the float16 weights, ``evaluation.json`` and ``test_gallery.npz``. All
-computing happens before the first write, and every file is written
+the float16 weights in float32, ``evaluation.json`` and ``test_gallery.npz``.
+All computing happens before the first write, and every file is written
 atomically, so a failure leaves the previous export intact.
+
+Nothing here names a path on the machine that trained: the card and history
+carry the data set's name and the recipe, not ``--data`` or ``--out``.
 """
 
 from __future__ import annotations
@@ -15,42 +18,50 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from resnet.constants import CLASSES, JPEG_DATASET_NAME
+from resnet.constants import JPEG_DATASET_NAME
 from resnet.files import atomic_write_bytes, atomic_write_json
 from resnet.model import resnet50
 from resnet.weights import CARD_FILE, WEIGHTS_FILE, WeightsError, data_contract, save_weights
 
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint
+from .checkpoint import CHECKPOINT_FILE, HISTORY_FILE, all_finite, load_checkpoint
 from .config import ConfigError, TrainConfig
-from .data import Cifar10, DataError, load_cifar10
+from .data import SAMPLES_PER_CLASS, Cifar10, DataError, load_cifar10, sample_rows
 from .evaluate import evaluate_model, write_evaluation
 from .inference import resolve_device
-from .trainer import HISTORY_FILE, all_finite
 
 SAMPLES_DIR = "samples"
-SAMPLES_PER_CLASS = 3
+# Where files are and how the run was steered, not what was learned: machine-local, left out of what ships.
+LOCAL_FIELDS = ("data", "download", "out", "export_to", "resume", "overwrite", "stop_after_steps")
 
 
 class ExportError(ValueError):
     """The run cannot be exported (unfinished, broken weights)."""
 
 
+def portable_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as it ships in history.json and the model card: the recipe and speed settings, no paths."""
+    values = cfg.to_dict()
+    for name in LOCAL_FIELDS:
+        values.pop(name)
+    return values
+
+
 def sample_pngs(data: Cifar10) -> dict[str, bytes]:
     """``<class>_<k>.png`` -> PNG bytes: the first 3 test images of each class (not cherry-picked)."""
     out = {}
-    for c, name in enumerate(CLASSES):
-        rows = (data.test.labels == c).nonzero()[0][:SAMPLES_PER_CLASS]
-        for k, row in enumerate(rows):
-            buffer = io.BytesIO()
-            Image.fromarray(data.test.images[row]).save(buffer, format="PNG")
-            out[f"{name}_{k}.png"] = buffer.getvalue()
+    for name, row in sample_rows(data.test.labels).items():
+        buffer = io.BytesIO()
+        Image.fromarray(data.test.images[row]).save(buffer, format="PNG")
+        out[name] = buffer.getvalue()
     return out
 
 
@@ -64,8 +75,13 @@ def export_run(
     notes: str = "",
     allow_unfinished: bool = False,
     show_progress: bool = True,
+    command_started: float | None = None,
 ) -> dict[str, Any]:
-    """Export ``run_dir``'s checkpoint into ``assets_dir``; returns the model card."""
+    """Export ``run_dir``'s checkpoint into ``assets_dir``; returns the model card.
+
+    ``command_started`` (a ``time.perf_counter()``) is when the command that
+    trained and now exports began: the card reports that command's wall time.
+    """
     run_dir, assets_dir = Path(run_dir), Path(assets_dir)
     ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE)
     cfg = TrainConfig.from_dict(ckpt["config"])
@@ -99,11 +115,12 @@ def export_run(
     samples = sample_pngs(data)
 
     seen = history[-1]["images_seen"] if history else 0
+    trained = sum(h["train_images"] for h in history)
     res_steps: dict[str, int] = {}
     for h in history:
         for r, n in h.get("resolution_steps", {}).items():
             res_steps[r] = res_steps.get(r, 0) + n
-    minutes = ckpt["elapsed"] / 60
+    seconds = ckpt["train_seconds"]
     caveat = (
         " The images are a JPEG q75 re-encoding of CIFAR-10, so accuracy on the original PNG-exact test batch differs slightly."
         if data.name == JPEG_DATASET_NAME else ""
@@ -112,9 +129,9 @@ def export_run(
         f"Trained from scratch (random init, no pretraining) with `python -m train` for {len(history)} epoch(s), "
         f"{seen:,} training images seen (optimizer steps per resolution: "
         f"{', '.join(f'{r} px: {n}' for r, n in sorted(res_steps.items(), key=lambda kv: int(kv[0])))}), "
-        f"on {ckpt['device']} in {minutes:.1f} min. Test accuracy {report['accuracy']:.2%} on the {dataset} "
-        f"({report['n']:,} images). Weights: {'EMA of the SGD weights' if use_ema else 'the final SGD weights'}, "
-        f"stored as float16.{caveat}"
+        f"on {ckpt['device']} in {seconds / 60:.1f} min (first step to last). Test accuracy {report['accuracy']:.2%} "
+        f"on the {dataset} ({report['n']:,} images, float32 evaluation of the float16 weights). Weights: "
+        f"{'EMA of the SGD weights' if use_ema else 'the final SGD weights'}, stored as float16.{caveat}"
     )
     card = {
         "architecture": {"name": "ResNet-50", "stem": model.stem_kind, "layers": [3, 4, 6, 3],
@@ -124,9 +141,14 @@ def export_run(
         "test_accuracy": report["accuracy"],
         "test_accuracy_tta": report["accuracy_tta"],
         "test_images": report["n"],
-        "training_seconds": ckpt["elapsed"],
+        "evaluation_precision": f"float32 (no autocast, no TF32) on {device.type}",
+        "training_seconds": seconds,  # first step to last: compile and per-epoch evaluations in, final evaluation out
+        "command_seconds": None,  # the whole command (data load, training, evaluation, export), filled in last
+        "training_images_per_second": trained / seconds if seconds else None,
+        "steady_images_per_second": statistics.median(h["images_per_second"] for h in history) if history else None,
         "device": ckpt["device"],
-        "config": cfg.to_dict(),
+        "torch_version": torch.__version__,
+        "config": portable_config(cfg),
         "epochs": len(history),
         "images_seen": seen,
         "weights_from": "ema" if use_ema else "model",
@@ -139,7 +161,9 @@ def export_run(
     write_evaluation(assets_dir, report, data.test.images, index)
     for name, png in samples.items():
         atomic_write_bytes(assets_dir / SAMPLES_DIR / name, png)
-    atomic_write_json(assets_dir / HISTORY_FILE, {"config": cfg.to_dict(), "epochs": history})
+    atomic_write_json(assets_dir / HISTORY_FILE, {"config": portable_config(cfg), "epochs": history})
+    if command_started is not None:
+        card["command_seconds"] = time.perf_counter() - command_started
     atomic_write_json(assets_dir / CARD_FILE, card)  # last: a card always describes files already there
     print(f"exported {run_dir} -> {assets_dir}: test accuracy {report['accuracy']:.4f} "
           f"(flip TTA {report['accuracy_tta']:.4f}) on {report['n']} images of {dataset}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .augment import normalize
-from .progress import Progress
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,6 +25,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """Float32 that is float32 on CUDA too: TF32 convolutions and matmuls off, restored afterwards.
+
+    The trainer turns TF32 on for speed; an accuracy that a card reports as the
+    float32 evaluation must not quietly run with 10-bit mantissas.
+    """
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module,
@@ -29,12 +47,16 @@ def predict_logits(
     *,
     device: torch.device,
     batch_size: int = 250,
-    amp: str = "bfloat16",
+    amp: str = "none",
     channels_last: bool = True,
     flip: bool = False,
-    progress: Progress | None = None,
+    progress: tqdm | None = None,
 ) -> Tensor:
-    """float32 (N, classes) logits on the CPU for uint8 (N, 32, 32, 3) images, in eval mode."""
+    """float32 (N, classes) logits on the CPU for uint8 (N, 32, 32, 3) images, in eval mode.
+
+    ``amp="bfloat16"`` runs under bf16 autocast on CUDA (the quick evaluations
+    during training); the default is float32.
+    """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     was_training = model.training
@@ -49,7 +71,7 @@ def predict_logits(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out.append(model(x).float().cpu())
             if progress is not None:
-                progress.update(progress.done + x.shape[0])
+                progress.update(x.shape[0])
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 0)

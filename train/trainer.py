@@ -1,5 +1,11 @@
 """The training loop: data resident on the device, batched augmentation, SGD + EMA.
 
+``_fit`` reads top to bottom like nanoGPT's loop: setup (``Run``: model,
+optimizer, EMA, generators, data on the device, resumed state), then the loop
+(one optimizer step per iteration, a host sync every few steps to check the
+loss and stop requests), then the end of each epoch (``end_epoch``:
+evaluation, history, checkpoint) and the end of the run (export).
+
 One process trains on one device; launched by ``torchrun --nproc_per_node=N``
 every rank trains its share of each global batch under DistributedDataParallel
 and rank 0 alone writes files. A step draws its images from a per-epoch
@@ -8,14 +14,15 @@ rank's own generator, and runs at the resolution the progressive-resizing
 schedule gives for the run's progress.
 
 Everything that decides the next step (weights, optimizer, EMA, generators,
-global RNGs, epoch, step, the epoch's permutation and running sums) goes into
-the checkpoint, so on CPU an interrupted and resumed run ends bit-identical to
-an uninterrupted one. On CUDA cuDNN autotuning trades that for speed.
+global RNGs and ``RunState``) goes into the checkpoint, so on CPU an
+interrupted and resumed run ends bit-identical to an uninterrupted one. On
+CUDA cuDNN autotuning trades that for speed.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 import os
 import platform
@@ -34,22 +41,36 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from resnet.constants import INPUT_SIZE
 from resnet.files import atomic_write_json
 from resnet.model import ResNet, resnet50
 
 from .augment import train_batch
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    HISTORY_FILE,
+    all_finite,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import ConfigError, TrainConfig
 from .data import Cifar10, load_cifar10
+from .export import export_run, portable_config
 from .inference import predict_logits, resolve_device
-from .progress import Progress
 
-HISTORY_FILE = "history.json"
+__all__ = ["HISTORY_FILE", "TIMING_KEYS", "TrainResult", "TrainingDiverged", "fit", "lr_factor", "resolution_at"]
+
 TIMING_KEYS = ("epoch_seconds", "images_per_second", "eval_seconds")  # differ between identical runs
 GPU_SYNC_EVERY = 20  # steps between host syncs on CUDA (loss check, progress, stop requests)
 EVAL_SUBSET_SEED = 20240601  # fixed: intermediate evaluations of every run see the same images
+BN_RECAL_SEED = 7_919  # the images and augmentation of the BatchNorm recalibration, fixed per run seed
+# Everything the run imports lazily (safetensors only at export): checked before the first step,
+# so a box without one fails in seconds instead of after minutes of training.
+RUN_MODULES = ("numpy", "PIL.Image", "safetensors.torch", "tqdm")
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,7 +94,7 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     """Multiplier of the peak learning rate at ``step`` (0-based) of ``total``."""
     warm = int(round(cfg.warmup * total))
     if step < warm:
-        return (step + 1) / warm
+        return cfg.warmup_from + (1.0 - cfg.warmup_from) * (step + 1) / warm
     q = (step - warm) / max(total - warm, 1)
     if cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * q))
@@ -132,8 +153,29 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=peak_lr(cfg), momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
-def all_finite(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: list[Tensor], use_amp: bool) -> None:
+    """Replace every BatchNorm's running statistics by their plain average over ``batches``.
+
+    An EMA averages the running statistics along with the weights, but the
+    statistics of averaged weights are not the average of the statistics
+    (``torch.optim.swa_utils.update_bn`` does the same for SWA).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches, each weighted alike
+    was_training = model.training
+    model.train()
+    try:
+        for x in batches:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                model(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def device_name(device: torch.device, world: int) -> str:
@@ -142,6 +184,31 @@ def device_name(device: torch.device, world: int) -> str:
     else:
         name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     return f"{world} x {name}" if world > 1 else name
+
+
+def check_run_can_finish(cfg: TrainConfig, device: torch.device) -> None:
+    """Fail now, not after training, when the end of the run could not happen here."""
+    missing = []
+    for name in RUN_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            missing.append(f"{name} ({exc})")
+    if cfg.compile and device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            missing.append("triton (torch.compile on CUDA; or pass --no-compile)")
+    if missing:
+        raise ConfigError(f"This Python lacks what the run needs: {'; '.join(missing)}. Install it before training.")
+    if cfg.export_to:
+        target = Path(cfg.export_to)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--export-to {target} cannot be created ({exc}).") from exc
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"--export-to {target} is not writable.")
 
 
 # ----- distributed --------------------------------------------------------------------------
@@ -194,7 +261,202 @@ def setup_distributed(cfg: TrainConfig) -> tuple[Dist, torch.device, bool]:
     return ctx, device, created
 
 
-# ----- the run --------------------------------------------------------------------------
+# ----- setup: the run's modules, generators and state ----------------------------------------
+
+
+@dataclass
+class RunState:
+    """Where the run stands: with the modules' and generators' states, all that a checkpoint holds."""
+
+    sums: Tensor  # this rank's loss * images, correct, images in the current epoch (on the device)
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0
+    global_step: int = 0
+    perm: Tensor | None = None  # the current epoch's image order; None between epochs
+    res_steps: Counter[int] = field(default_factory=Counter)  # steps per resolution in the current epoch
+    epoch_seconds: float = 0.0  # training-step seconds of the current epoch so far (across an interruption)
+    train_seconds: float = 0.0  # wall clock from the first step to now: compile and evaluations included
+    history: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False
+
+
+class Run:
+    """Everything ``_fit`` sets up: the model, its optimizer and EMA, generators, data on the device, state."""
+
+    def __init__(self, cfg: TrainConfig, data: Cifar10, ctx: Dist, device: torch.device) -> None:
+        self.cfg, self.data, self.ctx, self.device = cfg, data, ctx, device
+        n_train = len(data.train)
+        self.per_epoch = min(cfg.max_train_images or n_train, n_train)
+        if cfg.batch_size % ctx.world:
+            raise ConfigError(f"batch_size {cfg.batch_size} does not split evenly over {ctx.world} processes")
+        self.steps_per_epoch = self.per_epoch // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {self.per_epoch} training images per epoch")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.local_batch = cfg.batch_size // ctx.world
+        self.lr_peak = peak_lr(cfg)
+        self.use_amp = device.type == "cuda" and cfg.amp == "bfloat16"
+        self.sync_every = 1 if device.type == "cpu" else GPU_SYNC_EVERY
+        self.ckpt_path = Path(cfg.out) / CHECKPOINT_FILE
+
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fastest kernels; not bit-reproducible
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.model: ResNet = resnet50().to(device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = Ema(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.eval_model: nn.Module = self.ema.module if self.ema is not None else self.model
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.step_model: nn.Module = self.model
+        if ctx.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.step_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile and device.type == "cuda":
+            self.step_model = torch.compile(self.step_model, dynamic=False)
+        # Same order of images on every rank (each takes its slice of a global batch),
+        # but each rank its own augmentation stream.
+        self.perm_gen = torch.Generator().manual_seed(cfg.seed)
+        self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + 1 + ctx.rank)
+        self.state = RunState(sums=torch.zeros(3, dtype=torch.float64, device=device))
+
+        self.train_x = torch.from_numpy(data.train.images).to(device)
+        self.train_y = torch.from_numpy(data.train.labels).to(device)
+        self.test_x = torch.from_numpy(data.test.images).to(device)
+        self.test_y = torch.from_numpy(data.test.labels)
+        self.eval_rows: Tensor | None = None
+        if 0 < cfg.eval_images < len(data.test):
+            rows = np.random.default_rng(EVAL_SUBSET_SEED).choice(len(data.test), cfg.eval_images, replace=False)
+            self.eval_rows = torch.from_numpy(np.sort(rows))
+
+    def say(self, *args: Any, **kwargs: Any) -> None:
+        if self.ctx.main:
+            print(*args, **kwargs)
+
+    def lr_at(self, step: int) -> float:
+        return self.lr_peak * lr_factor(step, self.total_steps, self.cfg)
+
+    def batch(self) -> tuple[Tensor, Tensor, int]:
+        """This rank's augmented slice of the next global batch, its labels and its resolution."""
+        s, cfg = self.state, self.cfg
+        if s.perm is None:  # the first step of an epoch: a fresh order, fresh sums
+            s.perm = torch.randperm(len(self.data.train), generator=self.perm_gen)[: self.per_epoch]
+            s.sums.zero_()
+            s.res_steps.clear()
+            s.epoch_seconds = 0.0
+        first = s.step_in_epoch * cfg.batch_size + self.ctx.rank * self.local_batch
+        idx = s.perm[first : first + self.local_batch].to(self.device, non_blocking=True)
+        res = resolution_at(s.global_step, self.total_steps, cfg)
+        x = train_batch(self.train_x[idx], self.aug_gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout,
+                        resolution=res, channels_last=cfg.channels_last)
+        return x, self.train_y[idx], res
+
+    @torch.no_grad()
+    def count(self, loss: Tensor, logits: Tensor, y: Tensor, res: int) -> Tensor:
+        """Add a step to the epoch's device-side sums (no host sync); returns whether the loss is finite."""
+        s = self.state
+        s.sums[0] += loss.double() * y.numel()
+        s.sums[1] += (logits.argmax(1) == y).sum()
+        s.sums[2] += y.numel()
+        s.global_step += 1
+        s.step_in_epoch += 1
+        s.res_steps[res] += 1
+        return torch.isfinite(loss)
+
+    def evaluate(self) -> tuple[float, float, np.ndarray, np.ndarray]:
+        """(loss, accuracy, labels, predictions) of the evaluated weights on the test images (rank 0)."""
+        images = self.test_x if self.eval_rows is None else self.test_x[self.eval_rows.to(self.device)]
+        labels = self.test_y if self.eval_rows is None else self.test_y[self.eval_rows]
+        logits = predict_logits(self.eval_model, images, device=self.device, batch_size=self.cfg.eval_batch_size,
+                                amp=self.cfg.amp, channels_last=self.cfg.channels_last)
+        preds = logits.argmax(1)
+        return F.cross_entropy(logits, labels).item(), (preds == labels).double().mean().item(), labels.numpy(), preds.numpy()
+
+    def recalibrate_bn(self) -> None:
+        """The EMA weights' own BatchNorm statistics, from augmented training images at full resolution."""
+        cfg = self.cfg
+        n = min(cfg.bn_recalibration, len(self.data.train))
+        rows = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(cfg.seed + BN_RECAL_SEED))[:n]
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + BN_RECAL_SEED)
+        batches = [
+            train_batch(self.train_x[rows[i : i + cfg.batch_size].to(self.device)], gen, pad=cfg.crop_pad, flip=cfg.flip,
+                        cutout=cfg.cutout, resolution=INPUT_SIZE, channels_last=cfg.channels_last)
+            for i in range(0, n, cfg.batch_size)
+        ]
+        recalibrate_bn(self.eval_model, batches, self.use_amp)
+
+    def diverged(self, where: str) -> TrainingDiverged:
+        kept = f"the last good checkpoint {self.ckpt_path} is kept" if self.ckpt_path.exists() else "no checkpoint was written"
+        lr = self.lr_at(max(self.state.global_step - 1, 0))
+        return TrainingDiverged(
+            f"Training diverged: the loss became NaN or infinite {where} (learning rate {lr:.3g} = "
+            f"--lr {self.cfg.lr} x batch {self.cfg.batch_size} / 256 x schedule). Nothing was saved from that point on; "
+            f"{kept}. Lower --lr or lengthen --warmup."
+        )
+
+    def save(self, stopped: bool) -> None:
+        """Every rank calls this (the generators and sums are gathered); rank 0 writes."""
+        s = self.state
+        aug_states = self.ctx.gather(self.aug_gen.get_state())
+        all_sums = self.ctx.gather(s.sums.cpu())
+        if not self.ctx.main:
+            return
+        if not all_finite(self.model) or not all_finite(self.eval_model):
+            raise TrainingDiverged("the weights hold NaN or infinity; refusing to write a checkpoint")
+        save_checkpoint(self.ckpt_path, {
+            "config": self.cfg.to_dict(), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "global_step": s.global_step,
+            "perm": s.perm, "sums": all_sums, "res_steps": {str(k): v for k, v in s.res_steps.items()},
+            "epoch_seconds": s.epoch_seconds, "train_seconds": s.train_seconds,
+            "history": s.history, "finished": s.finished,
+            "perm_gen": self.perm_gen.get_state(), "aug_gen": aug_states, "rng": rng_state(self.device),
+            "world": self.ctx.world, "device": device_name(self.device, self.ctx.world), "stopped": stopped,
+        })
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        s, ctx = self.state, self.ctx
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+        s.epoch, s.step_in_epoch, s.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        s.perm = ckpt["perm"]
+        if ckpt["world"] == ctx.world:
+            s.sums = ckpt["sums"][ctx.rank].to(self.device)
+        s.res_steps = Counter({int(k): v for k, v in ckpt["res_steps"].items()})
+        s.epoch_seconds, s.train_seconds = ckpt["epoch_seconds"], ckpt["train_seconds"]
+        s.history, s.finished = list(ckpt["history"]), ckpt["finished"]
+        self.perm_gen.set_state(ckpt["perm_gen"])
+        set_rng_state(ckpt["rng"], self.device)
+        if ckpt["world"] == ctx.world:
+            self.aug_gen.set_state(ckpt["aug_gen"][ctx.rank])
+        else:
+            self.say(f"note: checkpoint made with {ckpt['world']} processes, now {ctx.world}: augmentation re-seeded")
+        if s.finished:
+            self.say(f"{self.ckpt_path} holds a finished run ({s.epoch} epochs); nothing left to train")
+        else:
+            self.say(f"resuming {self.ckpt_path}: epoch {s.epoch + 1}, step {s.step_in_epoch}/{self.steps_per_epoch}")
+
+    def plan(self) -> str:
+        cfg = self.cfg
+        steps = Counter(resolution_at(s, self.total_steps, cfg) for s in range(self.total_steps))
+        per_res = ", ".join(f"{r} px: {n}" for r, n in sorted(steps.items()))
+        compiled = "compiled" if cfg.compile and self.device.type == "cuda" else "eager"
+        return (
+            f"training ResNet-50 on {self.data.name} ({len(self.data.train)} train / {len(self.data.test)} test images) on "
+            f"{device_name(self.device, self.ctx.world)}: {cfg.epochs} epochs x {self.steps_per_epoch} steps of "
+            f"{cfg.batch_size} images ({self.per_epoch} per epoch), peak lr {self.lr_peak:.3g}, {compiled}; "
+            f"steps per resolution {{{per_res}}}"
+        )
+
+
+# ----- the run ------------------------------------------------------------------------------
 
 
 class _StopRequests:
@@ -223,259 +485,158 @@ class _StopRequests:
             signal.signal(s, old)
 
 
-def fit(cfg: TrainConfig, data: Cifar10 | None = None, show_progress: bool = True) -> TrainResult:
+def fit(cfg: TrainConfig, data: Cifar10 | None = None, show_progress: bool = True,
+        command_started: float | None = None) -> TrainResult:
+    """Train (or resume) the run ``cfg`` describes, then export it if ``cfg.export_to`` is set.
+
+    ``command_started`` is the ``time.perf_counter()`` at which the whole command
+    began; the model card reports the command's wall time from it.
+    """
     ctx, device, created = setup_distributed(cfg)
     try:
-        return _fit(cfg, data, ctx, device, show_progress)
+        return _fit(cfg, data, ctx, device, show_progress, command_started)
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _fit(cfg: TrainConfig, data: Cifar10 | None, ctx: Dist, device: torch.device, show_progress: bool) -> TrainResult:
-    out = Path(cfg.out)
-    ckpt_path = out / CHECKPOINT_FILE
-    ckpt = _resume_state(cfg, ckpt_path)
-
-    if data is None:
-        data = load_cifar10(cfg.data, download=cfg.download)
-    n_train = len(data.train)
-    per_epoch = min(cfg.max_train_images or n_train, n_train)
-    if cfg.batch_size % ctx.world:
-        raise ConfigError(f"batch_size {cfg.batch_size} does not split evenly over {ctx.world} processes")
-    steps_per_epoch = per_epoch // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {per_epoch} training images per epoch")
-    total_steps = steps_per_epoch * cfg.epochs
-    local_batch = cfg.batch_size // ctx.world
-    say = print if ctx.main else (lambda *a, **k: None)
-
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fastest kernels; not bit-reproducible
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    model: ResNet = resnet50().to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema = Ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    optimizer = make_optimizer(model, cfg)
-    # Same order of images on every rank (each takes its slice of a global batch),
-    # but each rank its own augmentation stream.
-    perm_gen = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + 1 + ctx.rank)
-
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    perm: Tensor | None = None
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * images, correct, images (this rank)
-    res_steps: Counter[int] = Counter()
-    partial_seconds = 0.0  # training seconds of the current epoch before an interruption
-    history: list[dict[str, Any]] = []
-    elapsed = 0.0
-    finished = False
+def _fit(cfg: TrainConfig, data: Cifar10 | None, ctx: Dist, device: torch.device, show_progress: bool,
+         command_started: float | None) -> TrainResult:
+    # ----- setup -----
+    ckpt = _resume_state(cfg, Path(cfg.out) / CHECKPOINT_FILE)
+    check_run_can_finish(cfg, device)
+    run = Run(cfg, data if data is not None else load_cifar10(cfg.data, download=cfg.download), ctx, device)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        epoch, step_in_epoch, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        perm = ckpt["perm"]
-        sums = ckpt["sums"][ctx.rank].to(device) if ckpt["world"] == ctx.world else sums
-        res_steps = Counter({int(k): v for k, v in ckpt["res_steps"].items()})
-        partial_seconds = ckpt["partial_seconds"]
-        history, elapsed, finished = list(ckpt["history"]), ckpt["elapsed"], ckpt["finished"]
-        perm_gen.set_state(ckpt["perm_gen"])
-        set_rng_state(ckpt["rng"], device)
-        if ckpt["world"] == ctx.world:
-            aug_gen.set_state(ckpt["aug_gen"][ctx.rank])
-        else:
-            say(f"note: checkpoint made with {ckpt['world']} processes, now {ctx.world}: augmentation re-seeded")
-        if finished:
-            say(f"{ckpt_path} holds a finished run ({epoch} epochs); nothing left to train")
-        else:
-            say(f"resuming {ckpt_path}: epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch}")
+        run.load(ckpt)
+    s, model, optimizer = run.state, run.model, run.optimizer
 
-    train_x = torch.from_numpy(data.train.images).to(device)
-    train_y = torch.from_numpy(data.train.labels).to(device)
-    test_x = torch.from_numpy(data.test.images).to(device)
-    test_y = torch.from_numpy(data.test.labels)
-    eval_subset = None
-    if 0 < cfg.eval_images < len(data.test):
-        eval_subset = torch.from_numpy(np.sort(np.random.default_rng(EVAL_SUBSET_SEED).choice(len(data.test), cfg.eval_images, replace=False)))
-
-    step_model: nn.Module = model
-    if ctx.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        step_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        step_model = torch.compile(step_model, dynamic=False)
-    use_amp = device.type == "cuda" and cfg.amp == "bfloat16"
-    sync_every = 1 if device.type == "cpu" else GPU_SYNC_EVERY
-    lr_peak = peak_lr(cfg)
-    eval_model = ema.module if ema is not None else model
-
-    def checkpoint(stopped: bool) -> None:
-        """Every rank calls this (the generators are gathered); rank 0 writes."""
-        aug_states = ctx.gather(aug_gen.get_state())
-        all_sums = ctx.gather(sums.cpu())
-        if not ctx.main:
-            return
-        if not all_finite(model) or (ema is not None and not all_finite(ema.module)):
-            raise TrainingDiverged("the weights hold NaN or infinity; refusing to write a checkpoint")
-        save_checkpoint(ckpt_path, {
-            "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "perm": perm, "sums": all_sums, "res_steps": {str(k): v for k, v in res_steps.items()},
-            "partial_seconds": partial_seconds, "history": history, "elapsed": elapsed, "finished": finished,
-            "perm_gen": perm_gen.get_state(), "aug_gen": aug_states, "rng": rng_state(device),
-            "world": ctx.world, "device": device_name(device, ctx.world), "stopped": stopped,
-        })
-
-    def diverged(where: str) -> TrainingDiverged:
-        kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint was written"
-        return TrainingDiverged(
-            f"Training diverged: the loss became NaN or infinite {where} (learning rate {lr:.3g} = "
-            f"--lr {cfg.lr} x batch {cfg.batch_size} / 256 x schedule). Nothing was saved from that point on; "
-            f"{kept}. Lower --lr or lengthen --warmup."
-        )
-
-    lr = lr_peak
+    # ----- the loop -----
     with _StopRequests(announce=ctx.main) as stop:
-        if ctx.main and not finished:
-            plan = ", ".join(f"{r} px: {n}" for r, n in sorted(Counter(resolution_at(s, total_steps, cfg) for s in range(total_steps)).items()))
-            say(
-                f"training ResNet-50 on {data.name} ({n_train} train / {len(data.test)} test images) on "
-                f"{device_name(device, ctx.world)}: {cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size} images "
-                f"({per_epoch} per epoch), peak lr {lr_peak:.3g}; steps per resolution {{{plan}}}",
-                flush=True,
-            )
-        while epoch < cfg.epochs and not finished:
+        if not s.finished:
+            run.say(run.plan(), flush=True)
+        clock = time.perf_counter()  # the training wall clock runs from here to the last step
+        while not s.finished:
             model.train()
-            if perm is None:
-                perm = torch.randperm(n_train, generator=perm_gen)[:per_epoch]
-                sums.zero_()
-                res_steps.clear()
-                partial_seconds = 0.0
-            perm_dev = perm.to(device)
-            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=ctx.main and show_progress)
-            bar.begin_at(step_in_epoch)
-            bad = torch.zeros((), dtype=torch.bool, device=device)
+            bar = tqdm(total=run.steps_per_epoch, initial=s.step_in_epoch, desc=f"epoch {s.epoch + 1}/{cfg.epochs}",
+                       unit="step", leave=False, mininterval=0.5 if sys.stderr.isatty() else 30,
+                       disable=not (ctx.main and show_progress))
+            finite = torch.ones((), dtype=torch.bool, device=device)
+            # What the last step ran with (a resumed epoch may have no step left to run).
+            lr, res = run.lr_at(max(s.global_step - 1, 0)), resolution_at(max(s.global_step - 1, 0), run.total_steps, cfg)
             start = time.perf_counter()
-            res = resolution_at(max(global_step - 1, 0), total_steps, cfg)
-            while step_in_epoch < steps_per_epoch:
-                res = resolution_at(global_step, total_steps, cfg)
-                lr = lr_peak * lr_factor(global_step, total_steps, cfg)
+            while s.step_in_epoch < run.steps_per_epoch:
+                lr = run.lr_at(s.global_step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                first = step_in_epoch * cfg.batch_size + ctx.rank * local_batch
-                idx = perm_dev[first : first + local_batch]
-                x = train_batch(train_x[idx], aug_gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout,
-                                resolution=res, channels_last=cfg.channels_last)
-                y = train_y[idx]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = step_model(x)
+                x, y, res = run.batch()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_amp):
+                    logits = run.step_model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                if ema is not None:
-                    ema.update(global_step)
-                with torch.no_grad():  # device-side sums: no host sync until the next sync point
-                    loss = loss.detach()
-                    bad |= ~torch.isfinite(loss)
-                    sums[0] += loss.double() * y.numel()
-                    sums[1] += (logits.argmax(1) == y).sum()
-                    sums[2] += y.numel()
-                global_step += 1
-                step_in_epoch += 1
-                res_steps[res] += 1
-                asked = bool(cfg.stop_after_steps) and global_step >= cfg.stop_after_steps
-                if asked or step_in_epoch % sync_every == 0 or step_in_epoch == steps_per_epoch:
-                    is_bad, is_stopped = ctx.any(torch.stack([bad, torch.tensor(stop.signum is not None, device=device)]))
+                if run.ema is not None:
+                    run.ema.update(s.global_step)
+                finite &= run.count(loss.detach(), logits.detach(), y, res)
+
+                asked = bool(cfg.stop_after_steps) and s.global_step >= cfg.stop_after_steps
+                if asked or s.step_in_epoch % run.sync_every == 0 or s.step_in_epoch == run.steps_per_epoch:
+                    is_bad, is_stopped = ctx.any(torch.stack([~finite, torch.tensor(stop.signum is not None, device=device)]))
                     if is_bad:
-                        raise diverged(f"in epoch {epoch + 1} by step {global_step}")
-                    if ctx.main and show_progress:
-                        s = sums.tolist()
-                        bar.update(step_in_epoch, f"loss {s[0] / s[2]:.3f} acc {s[1] / s[2]:.3f} {res}px lr {lr:.3g}")
+                        raise run.diverged(f"in epoch {s.epoch + 1} by step {s.global_step}")
+                    if not bar.disable:
+                        done = s.sums.tolist()
+                        bar.set_postfix_str(f"loss {done[0] / done[2]:.3f} acc {done[1] / done[2]:.3f} {res}px lr {lr:.3g}", refresh=False)
+                        bar.update(s.step_in_epoch - bar.n)
                     if asked or is_stopped:
                         bar.close()
-                        partial_seconds += time.perf_counter() - start
-                        checkpoint(stopped=True)
+                        s.epoch_seconds += time.perf_counter() - start
+                        s.train_seconds += time.perf_counter() - clock
+                        run.save(stopped=True)
                         got = None if asked else signal.Signals(stop.signum or signal.SIGTERM)
                         by = got.name if got else "stop_after_steps"
-                        say(f"stopped ({by}) at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch}; "
-                            f"checkpoint {ckpt_path}; continue with --resume", flush=True)
-                        return TrainResult(False, history, ckpt_path, by, int(got) if got else None, eval_model)
+                        run.say(f"stopped ({by}) at epoch {s.epoch + 1}, step {s.step_in_epoch}/{run.steps_per_epoch}; "
+                                f"checkpoint {run.ckpt_path}; continue with --resume", flush=True)
+                        return TrainResult(False, s.history, run.ckpt_path, by, int(got) if got else None, run.eval_model)
             bar.close()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            train_seconds = partial_seconds + time.perf_counter() - start
-            totals = ctx.reduce(sums.clone()).tolist()
-
-            number = epoch + 1
-            last = number == cfg.epochs
-            test_loss = test_acc = None
-            eval_seconds = 0.0
-            n_eval = 0
-            if last or (cfg.eval_every and number % cfg.eval_every == 0):
-                t_eval = time.perf_counter()
-                if ctx.main:
-                    images = test_x if eval_subset is None else test_x[eval_subset.to(device)]
-                    labels = test_y if eval_subset is None else test_y[eval_subset]
-                    logits = predict_logits(eval_model, images, device=device, batch_size=cfg.eval_batch_size,
-                                            amp=cfg.amp, channels_last=cfg.channels_last)
-                    test_loss = F.cross_entropy(logits, labels).item()
-                    test_acc = (logits.argmax(1) == labels).double().mean().item()
-                    n_eval = len(labels)
-                ok = torch.tensor([test_loss is None or math.isfinite(test_loss)], device=device)
-                if ctx.any(~ok)[0]:
-                    raise diverged(f"in the evaluation after epoch {number}")
-                eval_seconds = time.perf_counter() - t_eval
-            history.append({
-                "epoch": number,
-                "train_loss": totals[0] / totals[2],
-                "train_acc": totals[1] / totals[2],
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "lr": lr,
-                "epoch_seconds": train_seconds,
-                "images_per_second": totals[2] / train_seconds,
-                "resolution": res,
-                "resolution_steps": {str(r): n for r, n in sorted(res_steps.items())},
-                "eval_seconds": eval_seconds,
-                "test_images": n_eval,
-                "train_images": int(totals[2]),  # counted on every rank and summed
-                "images_seen": global_step * cfg.batch_size,
-            })
-            elapsed += train_seconds + eval_seconds
-            epoch, step_in_epoch, perm = number, 0, None
-            finished = last
-            # Agreed across ranks: a signal may reach one rank only, and checkpoint() is collective.
-            stop_now = ctx.any(torch.tensor([stop.signum is not None], device=device))[0] and not finished
-            if finished or stop_now or number % cfg.checkpoint_every == 0:
-                checkpoint(stopped=stop_now)
-            if ctx.main:
-                atomic_write_json(out / HISTORY_FILE, {"config": cfg.to_dict(), "epochs": history})
-                h = history[-1]
-                test = f" test loss {test_loss:.4f} acc {test_acc:.4f} ({n_eval} images)" if test_acc is not None else ""
-                say(f"epoch {number}/{cfg.epochs}: train loss {h['train_loss']:.4f} acc {h['train_acc']:.4f}{test} "
-                    f"lr {lr:.3g} {res}px {h['images_per_second']:.0f} img/s {train_seconds:.0f}+{eval_seconds:.0f} s", flush=True)
+            s.epoch_seconds += time.perf_counter() - start
+            clock = end_epoch(run, lr, res, clock)
+            # Agreed across ranks: a signal may reach one rank only, and run.save() is collective.
+            stop_now = ctx.any(torch.tensor([stop.signum is not None], device=device))[0] and not s.finished
+            if s.finished or stop_now or (cfg.checkpoint_every and s.epoch % cfg.checkpoint_every == 0):
+                run.save(stopped=stop_now)
             if stop_now:
                 by = signal.Signals(stop.signum or signal.SIGTERM)
-                say(f"stopped ({by.name}) after epoch {number}; checkpoint {ckpt_path}; continue with --resume", flush=True)
-                return TrainResult(False, history, ckpt_path, by.name, int(by), eval_model)
+                run.say(f"stopped ({by.name}) after epoch {s.epoch}; checkpoint {run.ckpt_path}; continue with --resume", flush=True)
+                return TrainResult(False, s.history, run.ckpt_path, by.name, int(by), run.eval_model)
 
+    # ----- the end of the run -----
     if cfg.export_to:
         if ctx.main:
-            from .export import export_run
-
-            export_run(out, Path(cfg.export_to), data=data, device=device, show_progress=show_progress)
+            export_run(cfg.out, cfg.export_to, data=run.data, device=device, show_progress=show_progress,
+                       command_started=command_started)
         ctx.barrier()
-    return TrainResult(True, history, ckpt_path, model=eval_model)
+    return TrainResult(True, s.history, run.ckpt_path, model=run.eval_model)
+
+
+def end_epoch(run: Run, lr: float, res: int, clock: float) -> float:
+    """After an epoch's last step: evaluate, record its history row, write history.json.
+
+    Returns the training clock to keep counting from. ``train_seconds`` is the
+    wall time from the first step to the last (plus the BatchNorm
+    recalibration, which makes the weights): the last epoch's evaluation and
+    everything after it stay out.
+    """
+    cfg, s, ctx = run.cfg, run.state, run.ctx
+    totals = ctx.reduce(s.sums.clone()).tolist()
+    number = s.epoch + 1
+    last = number == cfg.epochs
+    if last and run.ema is not None and cfg.bn_recalibration:
+        run.recalibrate_bn()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    now = time.perf_counter()
+    s.train_seconds += now - clock  # this epoch's evaluation goes into the next epoch's share
+    clock = now
+
+    test_loss = test_acc = None
+    eval_seconds, n_eval = 0.0, 0
+    if last or (cfg.eval_every and number % cfg.eval_every == 0):
+        t_eval = time.perf_counter()
+        if ctx.main:
+            test_loss, test_acc, labels, _ = run.evaluate()
+            n_eval = len(labels)
+        ok = torch.tensor([test_loss is None or math.isfinite(test_loss)], device=run.device)
+        if ctx.any(~ok)[0]:
+            raise run.diverged(f"in the evaluation after epoch {number}")
+        eval_seconds = time.perf_counter() - t_eval
+
+    s.history.append({
+        "epoch": number,
+        "train_loss": totals[0] / totals[2],
+        "train_acc": totals[1] / totals[2],
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "lr": lr,
+        "epoch_seconds": s.epoch_seconds,
+        "images_per_second": totals[2] / s.epoch_seconds,
+        "resolution": res,
+        "resolution_steps": {str(r): n for r, n in sorted(s.res_steps.items())},
+        "eval_seconds": eval_seconds,
+        "test_images": n_eval,
+        "train_images": int(totals[2]),  # counted on every rank and summed
+        "images_seen": s.global_step * cfg.batch_size,
+    })
+    s.epoch, s.step_in_epoch, s.perm, s.finished = number, 0, None, last
+    if ctx.main:
+        atomic_write_json(Path(cfg.out) / HISTORY_FILE, {"config": portable_config(cfg), "epochs": s.history})
+        h = s.history[-1]
+        test = f" test loss {test_loss:.4f} acc {test_acc:.4f} ({n_eval} images)" if test_acc is not None else ""
+        run.say(f"epoch {number}/{cfg.epochs}: train loss {h['train_loss']:.4f} acc {h['train_acc']:.4f}{test} "
+                f"lr {lr:.3g} {res}px {h['images_per_second']:.0f} img/s {s.epoch_seconds:.0f}+{eval_seconds:.0f} s", flush=True)
+    return clock
 
 
 def _resume_state(cfg: TrainConfig, ckpt_path: Path) -> dict[str, Any] | None:
