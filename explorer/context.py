@@ -27,14 +27,34 @@ from PIL import Image  # noqa: E402
 from insight import render, testset  # noqa: E402
 from insight.architecture import architecture_table  # noqa: E402
 from resnet import CLASSES, STAGE_NAMES, preprocess  # noqa: E402
-from resnet.weights import ASSETS_DIR, load_pretrained  # noqa: E402
+from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, Checkpoint, load_checkpoint, load_pretrained  # noqa: E402
 
 # Our own size check runs before decoding; this makes PIL refuse anything
 # bigger too, in case some other code path opens an upload.
 Image.MAX_IMAGE_PIXELS = preprocess.MAX_PIXELS
 
 ASSETS = Path(os.environ.get("EXPLORER_ASSETS_DIR", ASSETS_DIR)).resolve()
-MODEL, CARD = load_pretrained(ASSETS)
+
+
+def _user_weights(path: str | None) -> Checkpoint | None:
+    """Weights trained elsewhere, or None when none are named or they are the shipped file itself."""
+    if not path:
+        return None
+    shipped = ASSETS / WEIGHTS_FILE
+    theirs = Path(path)
+    if (shipped.is_file() and theirs.is_file() and shipped.stat().st_size == theirs.stat().st_size
+            and shipped.read_bytes() == theirs.read_bytes()):
+        return None
+    return load_checkpoint(path)
+
+
+# EXPLORER_WEIGHTS (what `python app.py --weights PATH` sets; a Space can set it
+# too) explores a ResNet-50 trained elsewhere instead of the shipped one.
+USER_WEIGHTS = _user_weights(os.environ.get("EXPLORER_WEIGHTS"))
+MODEL, CARD = load_pretrained(ASSETS) if USER_WEIGHTS is None else (USER_WEIGHTS.model, USER_WEIGHTS.card())
+# Why the views of this project's own training (curves, replay) have nothing to show; None for our weights.
+NOT_OURS = (None if USER_WEIGHTS is None
+            else f"These weights, {USER_WEIGHTS.describe()}, were not trained by this project")
 # Grad-CAM needs gradients of activations only; no weight ever needs one here.
 MODEL.requires_grad_(False)
 ARCHITECTURE = architecture_table(MODEL)
@@ -45,8 +65,35 @@ TARGET_CHOICES = [PREDICTED, *CLASSES]
 BLOCK_NAMES = list(MODEL.blocks())
 STRIDES = {f.name: f.stride for f in MODEL.feature_info}
 CHANNELS = {f.name: f.channels for f in MODEL.feature_info}
+class _UserTestSet(testset.TestSet):
+    """The test-set files for weights trained elsewhere: only an evaluation given for them
+    (EXPLORER_EVALUATION, `--evaluation DIR`), never the shipped weights' results."""
+
+    def __init__(self, folder: str | None, weights: Checkpoint) -> None:
+        super().__init__(folder or ASSETS)
+        self.given, self.weights = bool(folder), weights
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        if not self.given:
+            raise testset.TestSetError(
+                f"{NOT_OURS}, and the shipped test-set results belong to the shipped weights. To see them for these, "
+                "start with `--evaluation DIR` (or EXPLORER_EVALUATION), DIR holding the evaluation.json and "
+                "test_gallery.npz that `python -m train.evaluate --out DIR` writes for them."
+            )
+        ev = super().evaluation
+        made_for = ev.get("weights_sha256")
+        if made_for and made_for != self.weights.sha256:
+            raise testset.TestSetError(
+                f"The evaluation in {self.assets_dir} was made for other weights (sha256 {made_for[:12]}; "
+                f"these are {self.weights.sha256[:12]})."
+            )
+        return ev
+
+
 # Read on first use (the Test set / Calibration tabs), so a missing file costs the Classify panel nothing.
-TEST_SET = testset.TestSet(ASSETS)
+USER_EVALUATION = os.environ.get("EXPLORER_EVALUATION") or None
+TEST_SET = testset.TestSet(ASSETS) if USER_WEIGHTS is None else _UserTestSet(USER_EVALUATION, USER_WEIGHTS)
 
 
 def _samples() -> dict[str, Path]:

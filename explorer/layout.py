@@ -5,14 +5,27 @@ from __future__ import annotations
 import gradio as gr
 
 from resnet import preprocess
+from resnet.weights import MAX_CHECKPOINT_BYTES
 
 from . import classify
-from .context import ASSETS, CARD
+from .context import ASSETS, CARD, USER_EVALUATION, USER_WEIGHTS
 from .tabs import TABS
 from .ui import opened
 
 
 def _header_markdown() -> str:
+    if USER_WEIGHTS is not None:
+        unavailable = (
+            "the training curves and the replay are not available for them; the test-set views show the evaluation "
+            "given with them" if USER_EVALUATION
+            else "the training curves, the replay and the shipped test-set results are not available for them"
+        )
+        return (
+            "# ResNet-50 on CIFAR-10, explained\n"
+            f"**Showing other weights:** {USER_WEIGHTS.describe()}, trained elsewhere, not the shipped model: "
+            f"{unavailable}. Upload any image or pick a test image to see what they predict, where each stage looks "
+            "(Grad-CAM), what the feature maps hold and how much every residual block changes its input."
+        )
     acc = CARD.get("test_accuracy")
     acc_text = f"{acc * 100:.2f}% test accuracy" if isinstance(acc, (int, float)) else "test accuracy not measured"
     notes = CARD.get("notes", "")
@@ -37,6 +50,9 @@ def build_demo() -> gr.Blocks:
             tab.select(opened(tab.id), outputs=[ctx.open_tab], queue=False, api_name=f"open_{tab.id}",
                        api_visibility="private")
         classify.wire_analysis(ctx)
+        for tab in TABS:
+            if hasattr(tab, "on_unload"):  # a tab holding per-session resources frees them when the page closes
+                demo.unload(tab.on_unload)
     # Two requests at a time on a 2-core CPU; a bounded queue answers "busy"
     # instead of piling up work.
     demo.queue(default_concurrency_limit=2, max_size=32)
@@ -46,7 +62,8 @@ def build_demo() -> gr.Blocks:
 def launch(demo: gr.Blocks) -> None:
     demo.launch(
         allowed_paths=[str(ASSETS)],  # the examples; nothing else on disk is served
-        max_file_size=preprocess.MAX_BYTES,
+        # Checkpoints for the Compare tab are larger than any image; each handler checks its own limit.
+        max_file_size=max(preprocess.MAX_BYTES, MAX_CHECKPOINT_BYTES),
         ssr_mode=False,
         show_error=False,
     )

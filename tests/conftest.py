@@ -203,12 +203,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def start_app(log_dir: Path, **env: str) -> Iterator[str]:
-    """``python app.py`` on a free port (extra environment in ``env``); yields its URL, stops it after."""
+def start_app(log_dir: Path, *args: str, **env: str) -> Iterator[str]:
+    """``python app.py *args`` on a free port (extra environment in ``env``); yields its URL, stops it after."""
     port = free_port()
     full_env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", **env)
     log = open(log_dir / "app.log", "w+")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     try:

@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 
 from resnet.files import AssetError, read_json
 
-from ..context import ASSETS
+from ..context import ASSETS, NOT_OURS
 from ..plots import page_layout
 from ..ui import Ctx
 
@@ -102,6 +102,8 @@ def training_summary(history: dict[str, Any]) -> str:
 
 def training_curves() -> tuple[str, Any]:
     """The Training tab: a summary and the curves from history.json, or why there are none."""
+    if NOT_OURS:
+        return f"**Training curves not available for these weights.** {NOT_OURS}, so there is no training record.", None
     try:
         history = read_json(ASSETS / HISTORY_FILE)
     except AssetError as exc:
