@@ -24,7 +24,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from insight import render, testset  # noqa: E402
+from insight import atlas, render, testset  # noqa: E402
 from insight.architecture import architecture_table  # noqa: E402
 from resnet import CLASSES, STAGE_NAMES, preprocess  # noqa: E402
 from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, Checkpoint, load_checkpoint, load_pretrained  # noqa: E402
@@ -94,6 +94,18 @@ class _UserTestSet(testset.TestSet):
 # Read on first use (the Test set / Calibration tabs), so a missing file costs the Classify panel nothing.
 USER_EVALUATION = os.environ.get("EXPLORER_EVALUATION") or None
 TEST_SET = testset.TestSet(ASSETS) if USER_WEIGHTS is None else _UserTestSet(USER_EVALUATION, USER_WEIGHTS)
+
+
+def _served_weights_sha256() -> str | None:
+    """sha256 of the weights this app serves: the atlas records which weights it describes."""
+    if USER_WEIGHTS is not None:
+        return USER_WEIGHTS.sha256
+    shipped = ASSETS / WEIGHTS_FILE
+    return atlas.sha256_of(shipped) if shipped.is_file() else None
+
+
+# The channel atlas (Feature maps tab), read the first time that tab opens.
+ATLAS = atlas.LazyAtlas(ASSETS / atlas.ATLAS_FILE, _served_weights_sha256)
 
 
 def _samples() -> dict[str, Path]:

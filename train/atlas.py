@@ -1,0 +1,131 @@
+"""Compute the channel atlas for given weights and write assets/channel_atlas.npz.
+
+    python -m train.atlas --weights assets/resnet50_cifar10.safetensors \\
+        --data ../shared/data/cifar10-jpeg.tar.gz --out assets
+
+For every channel of the stem and of the four stages: its 9 most exciting
+test images (by spatial maximum, with the cell of the maximum) and its mean
+activation per class, over the whole test split (see ``insight.atlas``). One
+float32 forward pass over the 10,000 test images; the file records the
+weights' sha256, so the app can tell when it no longer matches the model it
+serves. ``write_atlas`` is what the export calls after evaluation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from insight.atlas import ATLAS_FILE, SIZE_TARGET, atlas_bytes, compute_atlas, sha256_of, stage_summary
+from resnet.files import atomic_write_bytes
+from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, load_pretrained
+
+from .data import DataError, Split, load_cifar10
+from .inference import exact_float32, resolve_device
+
+
+def write_atlas(
+    model: nn.Module,
+    test: Split,
+    assets_dir: Path | str,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 250,
+    dataset: str = "",
+    weights_sha256: str | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Compute the atlas of ``model`` on ``test`` and write it atomically into ``assets_dir``.
+
+    ``weights_sha256`` defaults to the hash of ``assets_dir``'s weights file,
+    which is right when the export has just written the weights there. Returns
+    a short summary: path, bytes, seconds (wall and process CPU), device and
+    the per-stage dead / selectivity numbers.
+    """
+    assets_dir = Path(assets_dir)
+    device = resolve_device(device) if isinstance(device, str) else device
+    if weights_sha256 is None:
+        weights = assets_dir / WEIGHTS_FILE
+        if not weights.is_file():
+            raise WeightsError(f"No weights at {weights} to tie the atlas to; pass weights_sha256 or write the weights first.")
+        weights_sha256 = sha256_of(weights)
+    wall, cpu = time.perf_counter(), time.process_time()
+    # float32 on CUDA too (no TF32), so a GPU and a CPU run rank the same images.
+    with exact_float32(), tqdm(total=len(test), desc="atlas", unit="img", disable=not show_progress) as bar:
+        atlas = compute_atlas(model.to(device), test.images, test.labels, batch_size=batch_size, device=device,
+                              progress=lambda done: bar.update(done - bar.n))
+    seconds = {"wall_seconds": round(time.perf_counter() - wall, 1), "cpu_seconds": round(time.process_time() - cpu, 1)}
+    atlas.meta.update(
+        weights_sha256=weights_sha256,
+        dataset=dataset,
+        device=str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        torch_threads=torch.get_num_threads(),
+        **seconds,
+    )
+    data = atlas_bytes(atlas)  # encoding the images is part of the cost but not of the forward pass timed above
+    path = assets_dir / ATLAS_FILE
+    atomic_write_bytes(path, data)
+    return {
+        "path": str(path),
+        "bytes": len(data),
+        "within_target": len(data) <= SIZE_TARGET,
+        "images_stored": int(len(atlas.image_rows)),
+        "n_images": atlas.n_images,
+        "device": atlas.meta["device"],
+        **seconds,
+        "stages": [stage_summary(s) for s in atlas.stages.values()],
+    }
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """What the command prints: size, time and one line per stage."""
+    lines = [
+        f"wrote {summary['path']}: {summary['bytes'] / 1e6:.2f} MB ({summary['bytes']:,} bytes, target "
+        f"{SIZE_TARGET / 1e6:.0f} MB{'' if summary['within_target'] else ': OVER the target'}), "
+        f"{summary['images_stored']:,} of {summary['n_images']:,} test images stored; "
+        f"{summary['wall_seconds']:.0f} s wall, {summary['cpu_seconds']:.0f} s process CPU on {summary['device']}"
+    ]
+    for s in summary["stages"]:
+        median = "n/a" if s["selectivity_median"] is None else f"{s['selectivity_median']:.3f}"
+        lines.append(
+            f"  {s['stage']:>6}: {s['dead']:>4} of {s['channels']:>4} channels dead; selectivity median {median}, "
+            f"{s['selective']} live channels with SI >= 0.5"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="python -m train.atlas", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default=str(ASSETS_DIR / WEIGHTS_FILE), help="safetensors weights file")
+    parser.add_argument("--data", default=TrainConfig.data, help="CIFAR-10 path (any layout python -m train accepts)")
+    parser.add_argument("--out", default=str(ASSETS_DIR), help=f"folder for {ATLAS_FILE}")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=250, help="images per forward pass")
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        # load_pretrained also checks the model card's data contract and stem, when there is one.
+        model, _ = load_pretrained(args.weights)
+        data = load_cifar10(args.data)
+        summary = write_atlas(model, data.test, args.out, device=device, batch_size=args.batch_size,
+                              dataset=f"{data.name} test split", weights_sha256=sha256_of(args.weights))
+    except (DataError, WeightsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(describe(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
