@@ -77,7 +77,8 @@ class _UserTestSet(testset.TestSet):
     def evaluation(self) -> dict[str, Any]:
         if not self.given:
             raise testset.TestSetError(
-                f"{NOT_OURS}, and the shipped test-set results belong to the shipped weights. To see them for these, "
+                f"These weights, {self.weights.describe()}, were not trained by this project, and the shipped "
+                "test-set results belong to the shipped weights. To see them for these, "
                 "start with `--evaluation DIR` (or EXPLORER_EVALUATION), DIR holding the evaluation.json and "
                 "test_gallery.npz that `python -m train.evaluate --out DIR` writes for them."
             )

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, nonidentity_resnet50, start_app
+from conftest import ROOT, make_evaluation, nonidentity_resnet50, start_app, write_assets
 from resnet import CLASSES, preprocess
 from resnet.weights import WEIGHTS_FILE, load_checkpoint
 
@@ -206,6 +206,21 @@ def test_no_upload_yet_says_what_to_do(tab) -> None:
 # ----- the app started on other weights ----------------------------------------------------------
 
 
+def test_other_weights_get_test_set_views_only_from_an_evaluation_made_for_them(tmp_path: Path) -> None:
+    from explorer.context import _UserTestSet
+    from insight.testset import TestSetError
+
+    weights = types.SimpleNamespace(sha256="ab" * 32, describe=lambda: "`mine.pt` (torch.save state dict)")
+    with pytest.raises(TestSetError, match="`mine.pt` .* were not trained by this project.*--evaluation DIR"):
+        _ = _UserTestSet(None, weights).evaluation
+    ev = write_assets(tmp_path / "mine", dict(make_evaluation(), weights_sha256="ab" * 32))
+    assert _UserTestSet(str(tmp_path / "mine"), weights).evaluation["n"] == ev["n"]
+    assert _UserTestSet(str(tmp_path / "mine"), weights).available() is None
+    write_assets(tmp_path / "theirs", dict(ev, weights_sha256="cd" * 32))
+    with pytest.raises(TestSetError, match="made for other weights \\(sha256 cdcdcdcdcdcd; these are abababababab\\)"):
+        _ = _UserTestSet(str(tmp_path / "theirs"), weights).evaluation
+
+
 @pytest.fixture(scope="module")
 def other_app(theirs: Path, tmp_path_factory: pytest.TempPathFactory):
     uploads = tmp_path_factory.mktemp("uploads")
@@ -232,6 +247,10 @@ def test_started_on_other_weights_the_header_and_model_card_say_which(other_app)
     assert "**Showing other weights:** `ddp-resnet50.pt` (torch.save state dict under 'state_dict'" in text
     assert "the training curves, the replay and the shipped test-set results are not available for them" in text
     assert "trained elsewhere" in text and "38.90%" not in text  # the shipped model's accuracy is not claimed
+    # The model tab's card: what the file says, nothing about a training this app did not see.
+    assert "- **Notes:** Weights from `ddp-resnet50.pt`" in text
+    assert "- **Data set:** unknown (these weights were not trained by this project)" in text
+    assert "- **Test accuracy:** not measured" in text
 
 
 def test_started_on_other_weights_it_answers_with_them(other_client, theirs: Path) -> None:
