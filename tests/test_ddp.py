@@ -1,4 +1,4 @@
-"""Multi-process training through torchrun: two gloo ranks on CPU, one writer."""
+"""Multi-process training through torchrun: two gloo ranks on CPU, one writer (of the replay too)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from insight.replay import REPLAY_FILE, load_replay, record_steps
 from train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,10 +26,11 @@ def test_two_ranks_train_their_shards_and_rank_0_writes(tiny_cifar, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # Only rank 0 reports and writes.
+    # Only rank 0 reports and writes, the replay (on by default) included.
     assert proc.stdout.count("epoch 1/1:") == 1, proc.stdout
+    assert proc.stdout.count("replay: ") == 1, proc.stdout
     assert "2 x CPU" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_FILE, "history.json"]
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_FILE, "history.json", REPLAY_FILE]
     ckpt = load_checkpoint(out / CHECKPOINT_FILE)
     assert ckpt["finished"] and ckpt["world"] == 2
     # 40 images in global batches of 20 = 2 steps, each rank 10 images a step, all of them counted.
@@ -39,3 +42,8 @@ def test_two_ranks_train_their_shards_and_rank_0_writes(tiny_cifar, tmp_path):
     first, second = ckpt["aug_gen"]
     assert not torch.equal(first, second)
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    # Rank 0 saw the global steps: step 0, the first epoch's early steps (of 2), its end; one evaluation.
+    replay = load_replay(out / REPLAY_FILE)
+    assert replay.step.tolist() == sorted({*record_steps(2), 2}) and replay.images_seen.tolist()[-1] == 40
+    assert replay.eval_epoch.tolist() == [1] and int(replay.confusion[0].sum()) == 30
+    assert np.array_equal(ckpt["replay"]["step"].numpy(), replay.step)

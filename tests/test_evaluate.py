@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -167,7 +168,8 @@ def exported(tiny_cifar, tiny_data, tmp_path_factory):
     """One epoch with --export-to, as `python -m train ... --export-to assets` does it."""
     base = tmp_path_factory.mktemp("export")
     cfg = TrainConfig(data=str(tiny_cifar.archive), out=str(base / "run"), export_to=str(base / "assets"),
-                      epochs=1, batch_size=10, min_res=8, res_ramp_start=0.5, res_ramp_end=1.0, eval_batch_size=30)
+                      epochs=1, batch_size=10, min_res=8, res_ramp_start=0.5, res_ramp_end=1.0, eval_batch_size=30,
+                      replay=True)
     result = fit(cfg, data=tiny_data, show_progress=False)
     return base / "assets", result
 
@@ -244,3 +246,40 @@ def test_the_evaluation_runs_in_float32_whatever_the_trainer_left_switched_on(ti
     evaluate_model(Spy(), tiny_data.test, dataset="tiny", weights="spy", device=torch.device("cpu"), show_progress=False)
     assert seen and set(seen) == {(torch.float32, False, False, False)}
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32, "restored afterwards"
+
+
+def test_export_ships_the_replay_and_the_channel_atlas_of_these_weights(exported, tiny_data):
+    from insight.atlas import ATLAS_FILE, load_atlas
+    from insight.replay import REPLAY_FILE, load_replay
+    from resnet.weights import WEIGHTS_FILE
+
+    assets, result = exported
+    replay = load_replay(assets / REPLAY_FILE)
+    assert (assets / REPLAY_FILE).read_bytes() == (Path(result.checkpoint).parent / REPLAY_FILE).read_bytes()
+    assert list(replay.probe_names) == sorted(p.name for p in (assets / "samples").iterdir())
+    card = json.loads((assets / "model_card.json").read_text())
+    assert card["replay"]["snapshots"] == len(replay) and card["replay"]["recording_seconds"] > 0
+    atlas = load_atlas(assets / ATLAS_FILE)
+    digest = hashlib.sha256((assets / WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert atlas.meta["weights_sha256"] == digest
+    assert not [p for p in assets.iterdir() if p.name.startswith(".export-")], "the staging folder is gone"
+
+
+def test_a_failing_export_leaves_the_previous_one_intact(exported, tiny_data, tmp_path, monkeypatch):
+    import shutil
+
+    import train.export as export
+
+    assets, result = exported
+    copy = tmp_path / "assets"
+    shutil.copytree(assets, copy)
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the atlas broke")
+
+    monkeypatch.setattr(export, "write_atlas", broken)
+    with pytest.raises(RuntimeError, match="the atlas broke"):
+        export.export_run(Path(result.checkpoint).parent, copy, data=tiny_data, device="cpu", show_progress=False)
+    after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    assert after == before and not [p for p in copy.iterdir() if p.name.startswith(".export-")]

@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from insight.replay import REPLAY_FILE, load_replay, record_steps
 from train import ConfigError, DataError, TrainConfig, TrainingDiverged, fit, load_cifar10
 from train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from train.config import build_parser, config_from_args
@@ -36,8 +38,10 @@ def tiny_data(tiny_cifar):
 
 def tiny_config(tiny_cifar, out: Path, **overrides) -> TrainConfig:
     # 40 images, batches of 10: 4 steps per epoch, at 8 px rising to 24 px, so a step is cheap on CPU.
+    # The replay's snapshots (30 probe images at 32 px, forward and two backwards) cost more than
+    # such a step: on only where a test is about it (it changes no step: see the same-seed test).
     values = dict(data=str(tiny_cifar.archive), out=str(out), epochs=2, batch_size=10, min_res=8,
-                  res_ramp_start=0.5, res_ramp_end=1.0, eval_batch_size=30)
+                  res_ramp_start=0.5, res_ramp_end=1.0, eval_batch_size=30, replay=False)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -51,6 +55,14 @@ def final_state(out: Path) -> dict:
     return {"model": ckpt["model"], "ema": ckpt["ema"], "history": ckpt["history"], "finished": ckpt["finished"]}
 
 
+def assert_same_replay(got: Path, expected: Path) -> None:
+    """The replay files of two runs hold the same arrays (timings are not in them)."""
+    with np.load(got / REPLAY_FILE) as a, np.load(expected / REPLAY_FILE) as b:
+        assert a.files == b.files
+        different = [k for k in a.files if not np.array_equal(a[k], b[k])]
+    assert not different, f"replay arrays differ: {different}"
+
+
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
@@ -61,7 +73,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def reference(tiny_cifar, tiny_data, tmp_path_factory):
     """An uninterrupted two-epoch run: what every other run must reproduce."""
     out = tmp_path_factory.mktemp("reference")
-    result = fit(tiny_config(tiny_cifar, out), data=tiny_data, show_progress=False)
+    result = fit(tiny_config(tiny_cifar, out, replay=True), data=tiny_data, show_progress=False)
     return out, result
 
 
@@ -94,8 +106,9 @@ def test_history_of_two_epochs(reference):
     assert all(h["test_images"] == 30 for h in epochs), "eval_every=1 evaluates every epoch on the whole split"
 
 
-def test_same_seed_gives_identical_history_and_weights(tiny_cifar, tiny_data, reference, tmp_path):
-    out, result = reference
+def test_same_seed_gives_identical_history_and_weights_with_or_without_the_replay(tiny_cifar, tiny_data, reference,
+                                                                                   tmp_path):
+    out, result = reference  # recorded the replay; this run does not
     again = fit(tiny_config(tiny_cifar, tmp_path / "again"), data=tiny_data, show_progress=False)
     assert without_timing(again.history) == without_timing(result.history)
     assert_same_weights(final_state(tmp_path / "again")["ema"], final_state(out)["ema"])
@@ -109,24 +122,26 @@ def test_another_seed_gives_another_run(tiny_cifar, tiny_data, reference, tmp_pa
 def test_interrupted_runs_resume_to_the_same_result(tiny_cifar, tiny_data, reference, tmp_path):
     out = tmp_path / "resumed"
     # Stop mid-epoch 1, then mid-epoch 2 (crossing an epoch end), then finish.
-    first = fit(tiny_config(tiny_cifar, out, stop_after_steps=3), data=tiny_data, show_progress=False)
+    first = fit(tiny_config(tiny_cifar, out, replay=True, stop_after_steps=3), data=tiny_data, show_progress=False)
     assert not first.finished and first.stopped_by == "stop_after_steps"
     ckpt = load_checkpoint(out / CHECKPOINT_FILE)
     assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (0, 3, 3)
-    second = fit(tiny_config(tiny_cifar, out, resume=True, stop_after_steps=6), data=tiny_data, show_progress=False)
+    second = fit(tiny_config(tiny_cifar, out, replay=True, resume=True, stop_after_steps=6), data=tiny_data,
+                 show_progress=False)
     assert not second.finished and len(second.history) == 1
-    last = fit(tiny_config(tiny_cifar, out, resume=True), data=tiny_data, show_progress=False)
+    last = fit(tiny_config(tiny_cifar, out, replay=True, resume=True), data=tiny_data, show_progress=False)
     assert last.finished
     expected = final_state(reference[0])
     got = final_state(out)
     assert without_timing(got["history"]) == without_timing(expected["history"])
     assert_same_weights(got["model"], expected["model"])
     assert_same_weights(got["ema"], expected["ema"])
+    assert_same_replay(out, reference[0])
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tiny_cifar, tiny_data, reference, tmp_path):
     out = tmp_path / "signalled"
-    cfg = tiny_config(tiny_cifar, out)
+    cfg = tiny_config(tiny_cifar, out, replay=True)  # the CLI records the replay by default
     args = ["--data", cfg.data, "--out", cfg.out, "--epochs", "2", "--batch-size", "10", "--min-res", "8",
             "--res-ramp-start", "0.5", "--res-ramp-end", "1.0", "--eval-batch-size", "30"]
     proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, stdout=subprocess.PIPE,
@@ -146,6 +161,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tiny_cifar, tiny_data, 
     expected, got = final_state(reference[0]), final_state(out)
     assert without_timing(got["history"]) == without_timing(expected["history"])
     assert_same_weights(got["ema"], expected["ema"])
+    assert_same_replay(out, reference[0])
 
 
 def test_resume_refuses_a_changed_recipe(tiny_cifar, tiny_data, reference, tmp_path):
@@ -171,7 +187,9 @@ def test_divergence_stops_without_writing_garbage(tiny_cifar, tiny_data, tmp_pat
     (assets / "resnet50_cifar10.safetensors").write_bytes(b"previous good weights")
     out = tmp_path / "diverged"
     with pytest.raises(TrainingDiverged, match="NaN or infinite.*Lower --lr"):
-        fit(tiny_config(tiny_cifar, out, lr=1e30, export_to=str(assets)), data=tiny_data, show_progress=False)
+        # With the replay on, NaN weights can show in a snapshot before the next loss check: also a divergence.
+        fit(tiny_config(tiny_cifar, out, lr=1e30, export_to=str(assets), replay=True), data=tiny_data,
+            show_progress=False)
     assert not (out / CHECKPOINT_FILE).exists()
     assert not (out / HISTORY_FILE).exists()
     assert sorted(p.name for p in assets.iterdir()) == ["resnet50_cifar10.safetensors"]
@@ -324,3 +342,47 @@ def test_the_ema_gets_its_own_batchnorm_statistics_at_the_end(tiny_cifar, tiny_d
     assert torch.equal(ours["conv1.weight"], theirs["conv1.weight"]) and torch.equal(ours["fc.weight"], theirs["fc.weight"])
     assert not torch.allclose(ours["bn1.running_mean"], theirs["bn1.running_mean"])
     assert int(ours["bn1.num_batches_tracked"]) == 4, "40 training images in batches of 10"
+
+
+# ----- the training replay -----------------------------------------------------------------
+
+
+def test_the_replay_snapshots_the_shipped_samples_at_step_0_early_steps_and_every_epoch_end(reference, tiny_data):
+    out, result = reference
+    replay = load_replay(out / REPLAY_FILE)
+    # 4 steps per epoch: steps 0..3 of the first epoch, then the ends of epochs 1 and 2.
+    assert replay.step.tolist() == sorted({*record_steps(4), 4, 8})
+    assert replay.epoch.tolist() == [s / 4 for s in replay.step] and replay.images_seen.tolist() == [10 * s for s in replay.step]
+    from train.data import sample_rows
+
+    probes = sample_rows(tiny_data.test.labels)
+    assert list(replay.probe_names) == list(probes), "the probe set is the shipped samples, in their order"
+    assert replay.probe_labels.tolist() == tiny_data.test.labels[list(probes.values())].tolist()
+    # One evaluation per epoch, on the images the history's test accuracy counts.
+    assert replay.eval_epoch.tolist() == [1, 2]
+    accuracies = np.trace(replay.confusion, axis1=1, axis2=2) / replay.confusion.sum((1, 2))
+    assert accuracies.tolist() == pytest.approx([h["test_acc"] for h in result.history])
+    # Zero-init residual: every block starts as the identity, so its last BN's |gamma| is 0 at step 0.
+    assert np.all(replay.bn3_gamma[0] == 0) and np.any(replay.bn3_gamma[-1] > 0)
+
+
+def test_the_last_snapshot_is_the_evaluated_model(reference, tiny_data):
+    """Seen through the weights that are exported: the EMA after its BatchNorm recalibration."""
+    from insight.replay import probe_snapshot
+    from train.data import sample_rows
+
+    out, result = reference
+    replay = load_replay(out / REPLAY_FILE)
+    rows = list(sample_rows(tiny_data.test.labels).values())
+    snap = probe_snapshot(result.model, tiny_data.test.images[rows], tiny_data.test.labels[rows])
+    assert np.allclose(replay.probs[-1], snap["probs"], atol=2e-3)  # stored as float16
+    assert replay.pred[-1].tolist() == snap["pred"].tolist()
+
+
+def test_the_replay_stays_in_the_checkpoint_and_can_be_turned_off(reference, tiny_cifar, tiny_data, tmp_path):
+    ckpt = load_checkpoint(reference[0] / CHECKPOINT_FILE)
+    assert ckpt["replay"]["step"].tolist() == load_replay(reference[0] / REPLAY_FILE).step.tolist()
+    assert ckpt["replay_seconds"] > 0
+    fit(tiny_config(tiny_cifar, tmp_path / "off", epochs=1), data=tiny_data, show_progress=False)
+    assert not (tmp_path / "off" / REPLAY_FILE).exists()
+    assert load_checkpoint(tmp_path / "off" / CHECKPOINT_FILE)["replay"] is None

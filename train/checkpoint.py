@@ -18,7 +18,7 @@ from .config import ConfigError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"
-FORMAT = 1
+FORMAT = 2  # 2: training wall clock, replay state
 
 
 def all_finite(module: nn.Module) -> bool:

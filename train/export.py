@@ -4,10 +4,12 @@
 
 Writes, into the target folder: the weights (EMA if the run used it) as
 float16 safetensors, ``model_card.json``, ``history.json``, ``samples/``
-(the first 3 test images of every class as PNG) and, by evaluating exactly
-the float16 weights in float32, ``evaluation.json`` and ``test_gallery.npz``.
-All computing happens before the first write, and every file is written
-atomically, so a failure leaves the previous export intact.
+(the first 3 test images of every class as PNG), the training replay
+(``replay.npz``, recorded by the run) and, by evaluating exactly the float16
+weights in float32, ``evaluation.json``, ``test_gallery.npz`` and the channel
+atlas (``channel_atlas.npz``). Everything is made in a hidden folder inside the
+target first and then renamed into place, the card last, so a failure at any
+point leaves the previous export intact.
 
 Nothing here names a path on the machine that trained: the card and history
 carry the data set's name and the recipe, not ``--data`` or ``--out``.
@@ -18,8 +20,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,11 +32,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from insight.replay import REPLAY_FILE, ReplayRecorder
 from resnet.constants import JPEG_DATASET_NAME
 from resnet.files import atomic_write_bytes, atomic_write_json
 from resnet.model import resnet50
 from resnet.weights import CARD_FILE, WEIGHTS_FILE, WeightsError, data_contract, save_weights
 
+from .atlas import write_atlas
 from .checkpoint import CHECKPOINT_FILE, HISTORY_FILE, all_finite, load_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import SAMPLES_PER_CLASS, Cifar10, DataError, load_cifar10, sample_rows
@@ -113,6 +120,7 @@ def export_run(
         batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last, show_progress=show_progress,
     )
     samples = sample_pngs(data)
+    replay = ReplayRecorder.from_state_dict(ckpt["replay"]) if ckpt["replay"] is not None else None
 
     seen = history[-1]["images_seen"] if history else 0
     trained = sum(h["train_images"] for h in history)
@@ -153,20 +161,43 @@ def export_run(
         "images_seen": seen,
         "weights_from": "ema" if use_ema else "model",
         "samples": f"the first {SAMPLES_PER_CLASS} test images of each class",
+        "replay": None if replay is None else {
+            "snapshots": len(replay), "recording_seconds": ckpt["replay_seconds"],
+            "share_of_training": ckpt["replay_seconds"] / seconds if seconds else None,
+        },
         "notes": (notes.strip() + " " if notes.strip() else "") + auto_notes,
     }
 
-    weights_path = save_weights(model, assets_dir / WEIGHTS_FILE, {"source": "python -m train", "dataset": data.name})
-    report["weights_sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
-    write_evaluation(assets_dir, report, data.test.images, index)
-    for name, png in samples.items():
-        atomic_write_bytes(assets_dir / SAMPLES_DIR / name, png)
-    atomic_write_json(assets_dir / HISTORY_FILE, {"config": portable_config(cfg), "epochs": history})
-    if command_started is not None:
-        card["command_seconds"] = time.perf_counter() - command_started
-    atomic_write_json(assets_dir / CARD_FILE, card)  # last: a card always describes files already there
+    assets_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=assets_dir))
+    try:
+        weights_path = save_weights(model, stage / WEIGHTS_FILE, {"source": "python -m train", "dataset": data.name})
+        report["weights_sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+        write_evaluation(stage, report, data.test.images, index)
+        for name, png in samples.items():
+            atomic_write_bytes(stage / SAMPLES_DIR / name, png)
+        atomic_write_json(stage / HISTORY_FILE, {"config": portable_config(cfg), "epochs": history})
+        if replay is not None:
+            replay.save(stage / REPLAY_FILE)
+        # After the weights: the atlas names the sha256 of the file beside it.
+        atlas = write_atlas(model, data.test, stage, device=device, batch_size=cfg.eval_batch_size,
+                            dataset=dataset, show_progress=show_progress)
+        card["atlas_seconds"] = atlas["wall_seconds"]
+        if command_started is not None:
+            card["command_seconds"] = time.perf_counter() - command_started
+        atomic_write_json(stage / CARD_FILE, card)
+        if replay is None:  # a replay left from an earlier export would describe other weights
+            (assets_dir / REPLAY_FILE).unlink(missing_ok=True)
+        # Into place, the card last: a card always describes files already there.
+        for path in sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: p.name == CARD_FILE):
+            target = assets_dir / path.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     print(f"exported {run_dir} -> {assets_dir}: test accuracy {report['accuracy']:.4f} "
-          f"(flip TTA {report['accuracy_tta']:.4f}) on {report['n']} images of {dataset}")
+          f"(flip TTA {report['accuracy_tta']:.4f}) on {report['n']} images of {dataset}; "
+          f"atlas {atlas['bytes'] / 2**20:.1f} MiB in {atlas['wall_seconds']:.0f} s", flush=True)
     return card
 
 

@@ -4,7 +4,16 @@
 optimizer, EMA, generators, data on the device, resumed state), then the loop
 (one optimizer step per iteration, a host sync every few steps to check the
 loss and stop requests), then the end of each epoch (``end_epoch``:
-evaluation, history, checkpoint) and the end of the run (export).
+evaluation, replay, history, checkpoint) and the end of the run (export).
+
+The training replay (``insight.replay``, on unless ``--no-replay``): rank 0
+snapshots the 30 shipped sample images through the evaluated weights (the EMA
+if on) at step 0, at a few log-spaced steps of the first epoch and at the end
+of every epoch, and records per-class accuracy and the confusion matrix of
+every evaluation. The recorder lives in the checkpoint, so a resumed run
+records exactly what an uninterrupted one does; ``replay.npz`` is written
+beside ``history.json`` with every checkpoint (LZMA is too slow for every epoch
+of a GPU run) and exported to the assets.
 
 One process trains on one device; launched by ``torchrun --nproc_per_node=N``
 every rank trains its share of each global batch under DistributedDataParallel
@@ -43,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from insight.replay import REPLAY_FILE, ReplayRecorder, probe_snapshot, record_steps
 from resnet.constants import INPUT_SIZE
 from resnet.files import atomic_write_json
 from resnet.model import ResNet, resnet50
@@ -58,13 +68,13 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig
-from .data import Cifar10, load_cifar10
+from .data import Cifar10, load_cifar10, sample_rows
 from .export import export_run, portable_config
 from .inference import predict_logits, resolve_device
 
 __all__ = ["HISTORY_FILE", "TIMING_KEYS", "TrainResult", "TrainingDiverged", "fit", "lr_factor", "resolution_at"]
 
-TIMING_KEYS = ("epoch_seconds", "images_per_second", "eval_seconds")  # differ between identical runs
+TIMING_KEYS = ("epoch_seconds", "images_per_second", "eval_seconds", "replay_seconds")  # differ between identical runs
 GPU_SYNC_EVERY = 20  # steps between host syncs on CUDA (loss check, progress, stop requests)
 EVAL_SUBSET_SEED = 20240601  # fixed: intermediate evaluations of every run see the same images
 BN_RECAL_SEED = 7_919  # the images and augmentation of the BatchNorm recalibration, fixed per run seed
@@ -276,6 +286,7 @@ class RunState:
     res_steps: Counter[int] = field(default_factory=Counter)  # steps per resolution in the current epoch
     epoch_seconds: float = 0.0  # training-step seconds of the current epoch so far (across an interruption)
     train_seconds: float = 0.0  # wall clock from the first step to now: compile and evaluations included
+    replay_seconds: float = 0.0  # of those, spent recording the replay (snapshots and writing replay.npz)
     history: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
 
@@ -334,6 +345,16 @@ class Run:
             rows = np.random.default_rng(EVAL_SUBSET_SEED).choice(len(data.test), cfg.eval_images, replace=False)
             self.eval_rows = torch.from_numpy(np.sort(rows))
 
+        # The replay, recorded by rank 0 only: the shipped samples, as the export picks them.
+        self.recorder: ReplayRecorder | None = None
+        self.record_at: set[int] = set()  # steps of the first epoch to snapshot; epoch ends come on top
+        if cfg.replay and ctx.main:
+            probes = sample_rows(data.test.labels)
+            rows = list(probes.values())
+            self.probe_x = torch.from_numpy(data.test.images[rows]).to(device)
+            self.recorder = ReplayRecorder(list(probes), data.test.labels[rows].tolist())
+            self.record_at = set(record_steps(self.steps_per_epoch))
+
     def say(self, *args: Any, **kwargs: Any) -> None:
         if self.ctx.main:
             print(*args, **kwargs)
@@ -377,6 +398,20 @@ class Run:
         preds = logits.argmax(1)
         return F.cross_entropy(logits, labels).item(), (preds == labels).double().mean().item(), labels.numpy(), preds.numpy()
 
+    def snapshot(self) -> None:
+        """Add the probe set as the evaluated weights see it now; reads the weights, changes nothing."""
+        if self.recorder is None:
+            return
+        start = time.perf_counter()
+        s = self.state
+        snap = probe_snapshot(self.eval_model, self.probe_x, self.recorder.probe_labels)
+        if not all(np.isfinite(v).all() for v in snap.values()):
+            # Weights gone NaN show here before the next loss check on CUDA (every GPU_SYNC_EVERY steps).
+            raise self.diverged(f"by step {s.global_step} (the replay's probe images give NaN)")
+        self.recorder.add_snapshot(snap, step=s.global_step, epoch=s.global_step / self.steps_per_epoch,
+                                   images_seen=s.global_step * self.cfg.batch_size)
+        s.replay_seconds += time.perf_counter() - start
+
     def recalibrate_bn(self) -> None:
         """The EMA weights' own BatchNorm statistics, from augmented training images at full resolution."""
         cfg = self.cfg
@@ -413,11 +448,16 @@ class Run:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "global_step": s.global_step,
             "perm": s.perm, "sums": all_sums, "res_steps": {str(k): v for k, v in s.res_steps.items()},
-            "epoch_seconds": s.epoch_seconds, "train_seconds": s.train_seconds,
+            "epoch_seconds": s.epoch_seconds, "train_seconds": s.train_seconds, "replay_seconds": s.replay_seconds,
             "history": s.history, "finished": s.finished,
+            "replay": self.recorder.state_dict() if self.recorder is not None else None,
             "perm_gen": self.perm_gen.get_state(), "aug_gen": aug_states, "rng": rng_state(self.device),
             "world": self.ctx.world, "device": device_name(self.device, self.ctx.world), "stopped": stopped,
         })
+        if self.recorder is not None:
+            start = time.perf_counter()
+            self.recorder.save(Path(self.cfg.out) / REPLAY_FILE)
+            s.replay_seconds += time.perf_counter() - start
 
     def load(self, ckpt: dict[str, Any]) -> None:
         s, ctx = self.state, self.ctx
@@ -430,7 +470,9 @@ class Run:
         if ckpt["world"] == ctx.world:
             s.sums = ckpt["sums"][ctx.rank].to(self.device)
         s.res_steps = Counter({int(k): v for k, v in ckpt["res_steps"].items()})
-        s.epoch_seconds, s.train_seconds = ckpt["epoch_seconds"], ckpt["train_seconds"]
+        s.epoch_seconds, s.train_seconds, s.replay_seconds = ckpt["epoch_seconds"], ckpt["train_seconds"], ckpt["replay_seconds"]
+        if self.recorder is not None:
+            self.recorder = ReplayRecorder.from_state_dict(ckpt["replay"])
         s.history, s.finished = list(ckpt["history"]), ckpt["finished"]
         self.perm_gen.set_state(ckpt["perm_gen"])
         set_rng_state(ckpt["rng"], self.device)
@@ -525,6 +567,8 @@ def _fit(cfg: TrainConfig, data: Cifar10 | None, ctx: Dist, device: torch.device
             lr, res = run.lr_at(max(s.global_step - 1, 0)), resolution_at(max(s.global_step - 1, 0), run.total_steps, cfg)
             start = time.perf_counter()
             while s.step_in_epoch < run.steps_per_epoch:
+                if s.global_step in run.record_at:
+                    run.snapshot()
                 lr = run.lr_at(s.global_step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -573,6 +617,9 @@ def _fit(cfg: TrainConfig, data: Cifar10 | None, ctx: Dist, device: torch.device
                 return TrainResult(False, s.history, run.ckpt_path, by.name, int(by), run.eval_model)
 
     # ----- the end of the run -----
+    if run.recorder is not None:
+        run.say(f"replay: {len(run.recorder)} snapshots recorded in {s.replay_seconds:.1f} s "
+                f"({s.replay_seconds / max(s.train_seconds, 1e-9):.2%} of {s.train_seconds:.0f} s of training)", flush=True)
     if cfg.export_to:
         if ctx.main:
             export_run(cfg.out, cfg.export_to, data=run.data, device=device, show_progress=show_progress,
@@ -606,12 +653,15 @@ def end_epoch(run: Run, lr: float, res: int, clock: float) -> float:
     if last or (cfg.eval_every and number % cfg.eval_every == 0):
         t_eval = time.perf_counter()
         if ctx.main:
-            test_loss, test_acc, labels, _ = run.evaluate()
+            test_loss, test_acc, labels, preds = run.evaluate()
             n_eval = len(labels)
+            if run.recorder is not None:
+                run.recorder.add_epoch_eval(number, labels, preds)
         ok = torch.tensor([test_loss is None or math.isfinite(test_loss)], device=run.device)
         if ctx.any(~ok)[0]:
             raise run.diverged(f"in the evaluation after epoch {number}")
         eval_seconds = time.perf_counter() - t_eval
+    run.snapshot()
 
     s.history.append({
         "epoch": number,
@@ -625,6 +675,7 @@ def end_epoch(run: Run, lr: float, res: int, clock: float) -> float:
         "resolution": res,
         "resolution_steps": {str(r): n for r, n in sorted(s.res_steps.items())},
         "eval_seconds": eval_seconds,
+        "replay_seconds": s.replay_seconds,  # so far: what recording the replay has cost the run up to here
         "test_images": n_eval,
         "train_images": int(totals[2]),  # counted on every rank and summed
         "images_seen": s.global_step * cfg.batch_size,
