@@ -289,7 +289,7 @@ def open_atlas(loaded: bool, stage: str, channel: float) -> tuple:
     return (atlas_overview_markdown(a), *channel_atlas(stage, channel), True)
 
 
-def fit_channel(stage: str, channel: float) -> dict:
+def fit_channel(stage: str, channel: float) -> gr.Number:
     """A new stage: keep the channel number when the stage has it, else its last channel."""
     stage = _check_stage(stage)
     last = CHANNELS[stage] - 1
