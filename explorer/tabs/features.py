@@ -111,8 +111,10 @@ def _weights_warning(a: atlas.Atlas) -> str:
 def atlas_overview_markdown(a: atlas.Atlas) -> str:
     """Where the atlas comes from, and one table row per stage: dead channels and selectivity."""
     meta = a.meta
-    cpu = meta.get("cpu_seconds")
-    cost = f" in {cpu / 60:.1f} min of CPU time on {meta.get('device', 'an unknown device')}" if cpu is not None else ""
+    wall, cpu = meta.get("wall_seconds"), meta.get("cpu_seconds")
+    # Both: on a GPU the wall time is the cost; on a shared CPU the process CPU time is the honest one.
+    cost = (f" in {wall:.0f} s on {meta.get('device', 'an unknown device')} ({cpu:.0f} s of process CPU time)"
+            if wall is not None and cpu is not None else "")
     rows = []
     for s in a.stages.values():
         summary = atlas.stage_summary(s)
