@@ -1,28 +1,34 @@
 """The classify panel on top of the page, and the one analysis every new image gets.
 
 A new image is answered by one forward and one backward pass (``analyze``):
-the top-5, the true class for a shipped sample, what the network saw, the
-four Grad-CAM maps and the feature maps. The tabs that show more follow on
-``ctx.analysed.change``.
+the top-5, the true class for a shipped sample, what the network saw and the
+four Grad-CAM maps. Then one event runs every tab's follower
+(``Ctx.follow``): only the tab on screen computes, from the same cached pass.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
-from insight import gradcam
+from insight.gradcam import top_k
 from resnet import CLASSES
 
-from .context import MODEL, SAMPLES, TOP_K, enlarge, model_input, target_index, truth, user_errors
-from .tabs.features import N_FEATURE_PLOTS, feature_figures
+from .cache import Entry
+from .context import CACHE, SAMPLES, TOP_K, enlarge, target_index, truth, user_errors
 from .tabs.gradcam import cam_outputs
 from .ui import Ctx, UploadImage
+
+# The example the page opens on, already analysed (the first shipped sample).
+OPENING: Path | None = next(iter(SAMPLES.values()), None)
 
 
 def build_panel() -> Ctx:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             image = UploadImage(
+                value=None if OPENING is None else str(OPENING),
                 type="filepath",
                 image_mode=None,  # keep the file as uploaded; preprocess.load_image converts
                 sources=["upload", "webcam", "clipboard"],
@@ -57,39 +63,62 @@ def build_panel() -> Ctx:
 
 
 def _blank_analysis() -> tuple:
-    return (None, "", None, [], "", None, *([None] * N_FEATURE_PLOTS))
+    return (None, "", None, [], "", None)
 
 
 @user_errors
 def classify(image: str | None) -> dict[str, float]:
     """Top-5 classes with their probabilities for one image."""
-    x = model_input(image)
-    return gradcam.top_k(gradcam.predict_probs(MODEL, x.tensor), TOP_K)
+    return top_k(CACHE.entry(image).probs, TOP_K)
+
+
+def tell_user(entry: Entry) -> None:
+    """Toasts for what was done to the upload before the network saw it."""
+    w, h = entry.size
+    notes = list(entry.notes)
+    if w != h:
+        notes.append(f"The image is {w}x{h}; the network sees its centre {min(w, h)}x{min(w, h)} square, scaled to 32x32.")
+    for note in notes:
+        gr.Info(note)
 
 
 @user_errors
-def analyze(image: str | None, target: str, opacity: float, scale: str, n_channels: float) -> tuple:
-    """Everything for a new image from one forward + backward pass."""
+def analyze(image: str | None, target: str, opacity: float, scale: str) -> tuple:
+    """The top-5, the true class and the four Grad-CAM maps of a new image: one forward and
+    one backward pass, or none when the image was analysed before (the cache)."""
     if image is None:
         return _blank_analysis()
-    x = model_input(image, tell_user=True)
-    result = gradcam.analyze(MODEL, x.tensor, target_index(target))
+    entry = CACHE.entry(image)
+    tell_user(entry)
+    chosen = target_index(target)
     return (
-        result.top_k(TOP_K),
-        truth(image, result.predicted),
-        enlarge(x.seen),
-        *cam_outputs(result, x.seen, opacity, scale),
-        *feature_figures(result.features, n_channels),
+        top_k(entry.probs, TOP_K),
+        truth(entry.key, entry.predicted),
+        enlarge(entry.seen),
+        *cam_outputs(entry, entry.predicted if chosen is None else chosen, opacity, scale),
     )
 
 
-def wire_analysis(ctx: Ctx) -> None:
-    """A new image: one forward + backward answers the prediction, the four
-    Grad-CAMs and the feature maps; the other tabs follow on ctx.analysed.change."""
+def samples_to_warm() -> list[Path]:
+    """The shipped samples, the opening example first."""
+    return sorted(SAMPLES.values(), key=lambda p: p != OPENING)
+
+
+def wire_analysis(ctx: Ctx, demo: gr.Blocks) -> None:
+    """A new image: one forward + backward answers the prediction and the four
+    Grad-CAMs; then one more event runs every tab's follower (only the tab on
+    screen computes). The page opens on a worked example, answered from the
+    warm cache."""
     c, o = ctx.controls, ctx.outputs
-    ctx.image.change(
-        analyze,
-        inputs=[ctx.image, c["target"], c["opacity"], c["scale"], c["n_channels"]],
-        outputs=[o["label"], o["truth"], ctx.analysed, o["cams"], o["cam_note"], o["cam_raw"], *o["feature_plots"]],
-        api_name="analyze",
-    )
+    inputs = [ctx.image, c["target"], c["opacity"], c["scale"]]
+    outputs = [o["label"], o["truth"], ctx.analysed, o["cams"], o["cam_note"], o["cam_raw"]]
+    events = [ctx.image.change(analyze, inputs=inputs, outputs=outputs, api_name="analyze")]
+    if OPENING is not None:
+        events.append(demo.load(analyze, inputs=inputs, outputs=outputs, api_name="opening_example",
+                                api_visibility="private"))
+    follow_inputs = [ctx.image, ctx.open_tab, *(c for f in ctx.followers for c in f.inputs)]
+    follow_outputs = [c for f in ctx.followers for c in f.outputs]
+    for event in events:
+        # Only after a successful analysis: a refused upload leaves every view as it was.
+        event.success(ctx.follow_all, inputs=follow_inputs, outputs=follow_outputs, api_name="follow",
+                      api_visibility="private", show_progress="minimal")

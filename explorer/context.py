@@ -22,12 +22,16 @@ from typing import Any, Callable  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from insight import atlas, render, testset  # noqa: E402
 from insight.architecture import architecture_table  # noqa: E402
 from resnet import CLASSES, STAGE_NAMES, preprocess  # noqa: E402
+from resnet.model import fuse_batchnorm  # noqa: E402
 from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, Checkpoint, load_checkpoint, load_pretrained  # noqa: E402
+
+from .cache import AnalysisCache  # noqa: E402
 
 # Our own size check runs before decoding; this makes PIL refuse anything
 # bigger too, in case some other code path opens an upload.
@@ -57,6 +61,13 @@ NOT_OURS = (None if USER_WEIGHTS is None
             else f"These weights, {USER_WEIGHTS.describe()}, were not trained by this project")
 # Grad-CAM needs gradients of activations only; no weight ever needs one here.
 MODEL.requires_grad_(False)
+# What the views compute with: the same function with every BatchNorm folded into its
+# convolution, in channels_last (the layout CPU convolutions run fastest in). It has no
+# BatchNorm parameters, so the model card, the architecture table and the sanity check
+# (which re-initialises them) keep using MODEL.
+SERVING = fuse_batchnorm(MODEL).to(memory_format=torch.channels_last).requires_grad_(False)
+# Recent images' analyses, keyed by content: sliders and class changes reuse them.
+CACHE = AnalysisCache(SERVING)
 ARCHITECTURE = architecture_table(MODEL)
 DISPLAY = 256  # side in px of the enlarged 32x32 images
 TOP_K = 5
@@ -65,6 +76,8 @@ TARGET_CHOICES = [PREDICTED, *CLASSES]
 BLOCK_NAMES = list(MODEL.blocks())
 STRIDES = {f.name: f.stride for f in MODEL.feature_info}
 CHANNELS = {f.name: f.channels for f in MODEL.feature_info}
+
+
 class _UserTestSet(testset.TestSet):
     """The test-set files for weights trained elsewhere: only an evaluation given for them
     (EXPLORER_EVALUATION, `--evaluation DIR`), never the shipped weights' results."""
@@ -133,9 +146,9 @@ def known_label(image: str) -> int | None:
     return None if sample is None else CLASSES.index(_class_of(sample))
 
 
-def truth(image: str, predicted: int) -> str:
-    """The true class when the image is one of the shipped test images (matched by content)."""
-    sample = sample_of(image)
+def truth(key: str, predicted: int) -> str:
+    """The true class when the image (by its sha256 ``key``) is one of the shipped test images."""
+    sample = SAMPLES.get(key)
     if sample is None:
         return "True class: unknown (your own image)."
     true = _class_of(sample)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
 from resnet import preprocess
 from resnet.weights import MAX_CHECKPOINT_BYTES
 
 from . import classify
-from .context import ASSETS, CARD, USER_EVALUATION, USER_WEIGHTS
+from .cache import Entry
+from .context import ASSETS, CACHE, CARD, USER_EVALUATION, USER_WEIGHTS
 from .tabs import TABS
 from .ui import opened
 
@@ -49,7 +52,7 @@ def build_demo() -> gr.Blocks:
         for tab in tabs.children:
             tab.select(opened(tab.id), outputs=[ctx.open_tab], queue=False, api_name=f"open_{tab.id}",
                        api_visibility="private")
-        classify.wire_analysis(ctx)
+        classify.wire_analysis(ctx, demo)
         for tab in TABS:
             if hasattr(tab, "on_unload"):  # a tab holding per-session resources frees them when the page closes
                 demo.unload(tab.on_unload)
@@ -66,4 +69,22 @@ def launch(demo: gr.Blocks) -> None:
         max_file_size=max(preprocess.MAX_BYTES, MAX_CHECKPOINT_BYTES),
         ssr_mode=False,
         show_error=False,
+        prevent_thread_lock=True,
     )
+    # Once the server answers (start-up never waits for it): the shipped samples
+    # are analysed in the background, the opening example first, and every tab
+    # prepares what it shows first for them; a click on a sample is then served
+    # from the cache.
+    samples = classify.samples_to_warm()
+    started = time.perf_counter()
+    CACHE.warm(samples, then=_prepare_views,
+               on_error=lambda path, exc: print(f"warm-up skipped {path.name}: {exc}", flush=True),
+               done=lambda: print(f"warm-up done: {len(samples)} samples in {time.perf_counter() - started:.1f} s",
+                                  flush=True))
+    demo.block_thread()
+
+
+def _prepare_views(entry: Entry) -> None:
+    for tab in TABS:
+        if hasattr(tab, "prepare"):
+            tab.prepare(entry)

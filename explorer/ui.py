@@ -27,17 +27,47 @@ class UploadImage(gr.Image):
         return super().preprocess(payload)  # base64 data URL (webcam streaming)
 
 
+@dataclass(frozen=True)
+class Follower:
+    """What one tab redoes for a new image: ``fn(image, open_tab, *inputs) -> outputs``.
+
+    ``fn`` computes only while its tab is on screen (``open_tab``) and otherwise
+    clears its outputs, so nothing stale shows and no hidden view costs time.
+    """
+
+    fn: Callable[..., Any]
+    inputs: list[gr.components.Component]
+    outputs: list[gr.components.Component]
+
+
 @dataclass
 class Ctx:
-    """What tab builders share: the input image, the component that changes
-    once per analysed image (hook follow-up work onto ``analysed.change``) and
-    the id of the tab on screen (so a follow-up can skip a hidden tab)."""
+    """What tab builders share: the input image, the id of the tab on screen,
+    the controls and outputs of the first analysis, and the followers: each
+    tab's work for a new image, run together in ONE event after the analysis
+    (``follow``), so a new image costs one more round trip, not one per tab."""
 
     image: gr.Image
     analysed: gr.Image  # the 32x32 image the model saw; changes after each analysis
-    open_tab: gr.State  # id of the tab on screen: follow-ups skip work for hidden tabs
+    open_tab: gr.State  # id of the tab on screen: followers skip work for hidden tabs
     controls: dict[str, gr.components.Component] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    followers: list[Follower] = field(default_factory=list)
+
+    def follow(self, fn: Callable[..., Any], inputs: list, outputs: list) -> None:
+        """Run ``fn(image, open_tab, *inputs)`` into ``outputs`` after every new image's analysis."""
+        self.followers.append(Follower(fn, list(inputs), list(outputs)))
+
+    def follow_all(self, image: Any, open_tab: str, *values: Any) -> list[Any]:
+        """The one event behind every follower: each gets its own inputs, in registration order."""
+        out: list[Any] = []
+        start = 0
+        for follower in self.followers:
+            args = values[start : start + len(follower.inputs)]
+            start += len(follower.inputs)
+            result = follower.fn(image, open_tab, *args)
+            out.extend(result if len(follower.outputs) > 1 else [result])
+        return out
 
 
 def opened(tab_id: str) -> Callable[[], str]:

@@ -17,8 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import copy
+
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .constants import NUM_CLASSES
 
@@ -252,3 +255,28 @@ class ResNet(nn.Module):
 def resnet50(num_classes: int = NUM_CLASSES, stem: Stem = "cifar", zero_init_residual: bool = True) -> ResNet:
     """ResNet-50: bottleneck blocks [3, 4, 6, 3], 23,520,842 parameters for 10 classes (CIFAR stem)."""
     return ResNet((3, 4, 6, 3), num_classes=num_classes, stem=stem, zero_init_residual=zero_init_residual)
+
+
+def fuse_batchnorm(model: ResNet) -> ResNet:
+    """A copy for serving: every BatchNorm folded into the convolution before it.
+
+    In eval mode BN is a fixed per-channel affine map, so ``conv -> bn`` equals
+    one conv with rescaled weights and a bias: the same function (to float
+    rounding) with 53 fewer layers to run and to backpropagate through, which
+    is ~10% of the explorer's analysis time on a CPU. The copy computes the
+    same logits, stage outputs, F(x) and Grad-CAM; it has no BN parameters to
+    show or to re-initialise, so it is for computing only. ``model`` is untouched.
+    """
+    fused = copy.deepcopy(model).eval()
+
+    def fold(owner: nn.Module, conv: str, bn: str) -> None:
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, nn.Identity())
+
+    fold(fused, "conv1", "bn1")
+    for block in fused.blocks().values():
+        for i in (1, 2, 3):
+            fold(block, f"conv{i}", f"bn{i}")
+        if block.downsample is not None:
+            block.downsample = nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
+    return fused

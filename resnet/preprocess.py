@@ -79,7 +79,9 @@ def _open_lazily(data: io.BytesIO | str | os.PathLike) -> Image.Image:
     return im
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_upload(path: str | os.PathLike) -> bytes:
+    """The bytes of an uploaded file, refused with a sentence when missing, empty, too big or not a file."""
+    path = Path(path)
     try:
         size = path.stat().st_size
     except FileNotFoundError as exc:
@@ -225,7 +227,7 @@ def _load(source: ImageSource, notes: list[str]) -> Image.Image:
         data = bytes(source)
         _check_bytes(len(data))
     elif isinstance(source, (str, os.PathLike)):
-        data = _read_bytes(Path(source))
+        data = read_upload(source)
     else:
         raise ImageInputError(f"Cannot read an image from a {type(source).__name__}.")
     # Decode from memory: the file is read once, and nothing keeps it open.

@@ -202,6 +202,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+APP_PIDS: dict[str, int] = {}  # url -> process id of the servers start_app runs (to read their memory)
+
+
 @contextmanager
 def start_app(log_dir: Path, *args: str, **env: str) -> Iterator[str]:
     """``python app.py *args`` on a free port (extra environment in ``env``); yields its URL, stops it after."""
@@ -221,8 +224,10 @@ def start_app(log_dir: Path, *args: str, **env: str) -> Iterator[str]:
                     log.seek(0)
                     pytest.fail(f"app.py did not start:\n{log.read()[-3000:]}")
                 time.sleep(0.5)
+        APP_PIDS[url] = proc.pid
         yield url
     finally:
+        APP_PIDS.pop(url, None)
         proc.terminate()
         try:
             proc.wait(timeout=10)

@@ -90,17 +90,18 @@ def test_analyze_and_the_tab_endpoints(client, local_probs):
     from gradio_client import handle_file
 
     sample = handle_file(str(SAMPLES[3]))
-    out = client.predict(sample, "predicted class", 0.4, "per map", 4, api_name="/analyze")
-    label, truth, seen, gallery, note, raw, *plots = out
+    out = client.predict(sample, "predicted class", 0.4, "per map", api_name="/analyze")
+    # What the first view shows, nothing more: the feature maps are drawn when their tab is open.
+    label, truth, seen, gallery, note, raw = out
     check_label(label, local_probs(SAMPLES[3]))
     assert "True class: **automobile**" in truth  # samples are matched by content
     with Image.open(seen) as im:
         assert im.size == (256, 256)
-    assert len(gallery) == 4 and len(plots) == 5
+    assert len(gallery) == 4 and set(raw["maps"]) == {"layer1", "layer2", "layer3", "layer4"}
+    plots = client.predict(sample, 4, api_name="/feature_maps")
+    assert len(plots) == 5
     stem = json.loads(plots[0]["plot"]) if isinstance(plots[0]["plot"], str) else plots[0]["plot"]
     assert sum(1 for t in stem["data"] if t["type"] == "heatmap") == 4  # n_channels=4
-    feature = client.predict(sample, 2, api_name="/feature_maps")
-    assert len(feature) == 5
     anatomy, ratios = client.predict(sample, "layer3.0", "channel mean", 0, api_name="/block_anatomy")
     bars = json.loads(ratios["plot"])["data"][0]
     assert len(bars["x"]) == 16 and bars["x"][0] == "layer1.0"
@@ -145,7 +146,7 @@ def test_bad_upload_gets_a_sentence_and_the_server_keeps_serving(client, local_p
     with pytest.raises(AppError, match=message):
         client.predict(handle_file(str(path)), api_name="/classify")
     with pytest.raises(AppError, match=message):
-        client.predict(handle_file(str(path)), "predicted class", 0.5, "per map", 8, api_name="/analyze")
+        client.predict(handle_file(str(path)), "predicted class", 0.5, "per map", api_name="/analyze")
     check_label(classify(client, SAMPLES[0]), local_probs(SAMPLES[0]))
 
 

@@ -295,3 +295,77 @@ def test_predict_probs_is_the_softmax_of_one_forward(model, images):
     with torch.no_grad():
         want = torch.softmax(model(images[1]), 1)[0].numpy()
     np.testing.assert_allclose(gradcam.predict_probs(model, images[1]), want, rtol=1e-5, atol=1e-7)
+
+
+# ----- one forward, any class: GradCamPass --------------------------------------------------
+
+
+def _count_forwards(model) -> list[int]:
+    calls = [0]
+    model.conv1.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_a_kept_pass_answers_every_class_without_running_the_network_again(images):
+    from conftest import nonidentity_resnet50
+
+    model = nonidentity_resnet50(readout_scale=0.05)
+    calls = _count_forwards(model)
+    run = gradcam.GradCamPass(model, images[1])
+    assert calls[0] == 1
+    for target in (0, 3, 9):
+        maps = run.cams(target)
+        for stage in STAGE_NAMES:
+            ref = reference_gradcam(model, images[1], target, stage)
+            np.testing.assert_allclose(maps[stage][0].numpy(), ref, rtol=1e-5, atol=1e-7 * max(1.0, float(ref.max())))
+    assert calls[0] == 1 + 3 * 4  # only the reference (Captum, one forward per stage and class) ran the network
+    run.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        run.cams(0)
+
+
+def test_a_batch_gets_each_image_its_own_class_in_one_backward(model, images):
+    x = torch.cat(images)
+    run = gradcam.GradCamPass(model, x)
+    targets = [2, 5, 8]
+    maps = run.cams(targets)
+    for i, (image, target) in enumerate(zip(images, targets)):
+        alone = gradcam.analyze(model, image, target)
+        for stage in STAGE_NAMES:
+            np.testing.assert_allclose(maps[stage][i].numpy(), alone.cams[stage], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(run.predicted.numpy(), run.logits.argmax(1).numpy())
+    ratios = anatomy.residual_anatomy(model, images[0]).ratios
+    np.testing.assert_allclose(run.block_ratios[0].numpy(), ratios, rtol=1e-5)
+    with pytest.raises(ValueError, match="one target per image"):
+        run.cams([1, 2])
+    with pytest.raises(ValueError, match="class indices"):
+        run.cams([1, 2, 10])
+
+
+def test_the_reference_captum_path_gives_the_same_maps(model, images):
+    ours = gradcam.analyze(model, images[2], 6).cams
+    theirs = gradcam.captum_gradcam(model, images[2], 6)
+    for stage in STAGE_NAMES:
+        np.testing.assert_allclose(ours[stage], theirs[stage], rtol=1e-5, atol=1e-7 * max(1.0, float(theirs[stage].max())))
+
+
+def test_batchnorm_folded_into_the_convolutions_computes_the_same_explanations(images):
+    from conftest import nonidentity_resnet50
+    from resnet.model import fuse_batchnorm
+
+    model = nonidentity_resnet50(readout_scale=0.05)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_batchnorm(model).to(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
+    x = images[0]
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-4)
+    a, b = gradcam.analyze(model, x, 4), gradcam.analyze(fused, x, 4)
+    for stage in STAGE_NAMES:
+        # Grad-CAM sums signed products, so rounding shows on its smallest cells: compare on the map's scale.
+        np.testing.assert_allclose(b.cams[stage], a.cams[stage], rtol=1e-2, atol=1e-3 * float(a.cams[stage].max()))
+    ra, rb = anatomy.residual_anatomy(model, x, "layer3.1"), anatomy.residual_anatomy(fused, x, "layer3.1")
+    np.testing.assert_allclose(rb.ratios, ra.ratios, rtol=1e-3)
+    for part in anatomy.ANATOMY_PARTS:
+        np.testing.assert_allclose(rb.maps[part], ra.maps[part], rtol=1e-3, atol=1e-4)

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from insight import anatomy
 
-from ..context import BLOCK_NAMES, CHANNELS, MODEL, model_input, user_errors
+from ..context import BLOCK_NAMES, CACHE, CHANNELS, SERVING, user_errors
 from ..plots import STAGE_COLOURS, image_grid, page_layout
 from ..ui import Ctx
 
@@ -53,7 +53,6 @@ def block_anatomy(image: str | None, block: str, view: str, channel: float) -> t
         return None, None
     if block not in BLOCK_NAMES:
         raise ValueError(f"Unknown block {block!r}; blocks are {BLOCK_NAMES[0]} .. {BLOCK_NAMES[-1]}.")
-    x = model_input(image)
     chosen = None
     if view == "one channel":
         channels = CHANNELS[block.split(".")[0]]
@@ -61,15 +60,24 @@ def block_anatomy(image: str | None, block: str, view: str, channel: float) -> t
         if chosen >= channels:
             gr.Warning(f"Block {block} has {channels} channels (0..{channels - 1}); showing channel {channels - 1}.")
             chosen = channels - 1
-    result = anatomy.residual_anatomy(MODEL, x.tensor, block, chosen)
+    entry = CACHE.entry(image)
+    result = CACHE.memo(entry, ("anatomy", block, chosen),
+                        lambda: anatomy.residual_anatomy(SERVING, entry.input(), block, chosen))
     return (
         anatomy_figure(result.block, result.maps, result.channel),
         ratio_bar(result.names, result.ratios, result.block),
     )
 
 
+def block_anatomy_follow(image: str | None, open_tab: str, block: str, view: str, channel: float) -> tuple:
+    """A new image: redraw the block if its tab is on screen, else clear it (opening the tab draws it)."""
+    if open_tab != "blocks" or image is None:
+        return None, None
+    return block_anatomy(image, block, view, channel)
+
+
 def build(ctx: Ctx) -> None:
-    with gr.Tab("Inside a residual block", id="blocks"):
+    with gr.Tab("Inside a residual block", id="blocks") as tab:
         with gr.Row():
             block = gr.Dropdown(BLOCK_NAMES, value=BLOCK_NAMES[0], label="Bottleneck block (16)")
             view = gr.Radio(["channel mean", "one channel"], value="channel mean", label="Show")
@@ -80,12 +88,13 @@ def build(ctx: Ctx) -> None:
             "for this image, how large each block's correction is next to x: near 0 the block passes its "
             "input through almost unchanged, near 1 or above it rewrites it."
         )
-        anatomy = gr.Plot(label="x, F(x), F(x) + x, ReLU(F(x) + x)", elem_classes=["anatomy-plot"])
+        parts = gr.Plot(label="x, F(x), F(x) + x, ReLU(F(x) + x)", elem_classes=["anatomy-plot"])
         ratios = gr.Plot(label="||F(x)|| / ||x|| over all 16 blocks", elem_classes=["anatomy-plot"])
     gr.on(
-        [ctx.analysed.change, block.change, view.change, channel.release],
+        [tab.select, block.change, view.change, channel.release],
         block_anatomy,
         inputs=[ctx.image, block, view, channel],
-        outputs=[anatomy, ratios],
+        outputs=[parts, ratios],
         api_name="block_anatomy",
     )
+    ctx.follow(block_anatomy_follow, inputs=[block, view, channel], outputs=[parts, ratios])

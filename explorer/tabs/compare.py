@@ -257,5 +257,4 @@ def build(ctx: Ctx) -> None:
     weights.clear(clear, inputs=[second], outputs=outputs, api_name="compare_clear", api_visibility="private")
     gr.on([tab.select, target.change], compare_loaded, inputs=[ctx.image, target, second], outputs=outputs,
           api_name="compare_loaded", api_visibility="private")
-    ctx.analysed.change(compare_follow, inputs=[ctx.image, ctx.open_tab, target, second], outputs=outputs,
-                        api_name="compare_follow", api_visibility="private")
+    ctx.follow(compare_follow, inputs=[target, second], outputs=outputs)

@@ -19,7 +19,8 @@ import torch
 from insight import activations, atlas, render, testset
 from resnet import CLASSES, FEATURE_NAMES, STAGE_NAMES, preprocess
 
-from ..context import ATLAS, CHANNELS, DISPLAY, MODEL, STRIDES, TEST_SET, model_input, user_errors
+from ..cache import Entry
+from ..context import ATLAS, CACHE, CHANNELS, DISPLAY, MODEL, STRIDES, TEST_SET, user_errors
 from ..plots import MARGIN, image_grid, page_layout
 from ..ui import Ctx
 
@@ -69,9 +70,8 @@ def feature_figures(features: dict[str, np.ndarray], n: int) -> list:
 def feature_maps(image: str | None, n_channels: float) -> list:
     if image is None:
         return [None] * N_FEATURE_PLOTS
-    x = model_input(image)
-    # A new channel count needs the activations only: no Grad-CAM backward pass.
-    return feature_figures(activations.stage_features(MODEL, x.tensor), n_channels)
+    # The activations come with the image's analysis (the cache): no network pass here.
+    return feature_figures(CACHE.entry(image).features, n_channels)
 
 
 # ----- the channel atlas ----------------------------------------------------------------------
@@ -224,12 +224,12 @@ def class_means_figure(details: dict[str, Any] | None) -> go.Figure | None:
     return fig
 
 
-def _current_maps(image: str) -> tuple[preprocess.ModelInput, dict[str, np.ndarray]]:
-    x = model_input(image)
-    return x, activations.stage_features(MODEL, x.tensor)
+def _current_maps(image: str) -> tuple[Entry, dict[str, np.ndarray]]:
+    entry = CACHE.entry(image)  # what the network saw and its activations, analysed once per image
+    return entry, entry.features
 
 
-def _map_outputs(x: preprocess.ModelInput, features: dict[str, np.ndarray], stage: str, channel: int) -> tuple:
+def _map_outputs(x: Entry, features: dict[str, np.ndarray], stage: str, channel: int) -> tuple:
     m = features[stage][channel]
     a = _atlas()
     test_max = None
@@ -274,11 +274,12 @@ def image_views(image: str | None, stage: str, channel: float) -> tuple:
     return (shortcut, [int(i) for i in top.indices], *_map_outputs(x, features, stage, channel))
 
 
-def image_views_follow(image: str | None, open_tab: str, stage: str, channel: float) -> tuple:
-    """A new image: refresh this tab's image views only while the tab is on screen."""
-    if open_tab != "features":
-        return (gr.skip(),) * 4
-    return image_views(image, stage, channel)
+def follow(image: str | None, open_tab: str, n_channels: float, stage: str, channel: float) -> tuple:
+    """A new image: this tab's feature maps and image views while it is on screen, else cleared
+    (opening the tab draws them), so nothing stale shows and a hidden tab costs nothing."""
+    if open_tab != "features" or image is None:
+        return (None,) * N_FEATURE_PLOTS + ([], [], None, "")
+    return (*feature_maps(image, n_channels), *image_views(image, stage, channel))
 
 
 def open_atlas(loaded: bool, stage: str, channel: float) -> tuple:
@@ -342,8 +343,6 @@ def build(ctx: Ctx) -> None:
         with gr.Accordion("This channel in numbers (what /channel_atlas returns)", open=False):
             details = gr.JSON(label="channel", elem_id="atlas-details")
         loaded = gr.State(False)
-    ctx.controls["n_channels"] = n
-    ctx.outputs["feature_plots"] = plots
     n.release(feature_maps, inputs=[ctx.image, n], outputs=plots, api_name="feature_maps")
 
     shown = [top, details, note]
@@ -353,8 +352,8 @@ def build(ctx: Ctx) -> None:
                                                api_name="atlas_class_means", api_visibility="private")
     tab.select(image_views, inputs=[ctx.image, stage, channel], outputs=views, api_name="atlas_image_views",
                api_visibility="private")
-    ctx.analysed.change(image_views_follow, inputs=[ctx.image, ctx.open_tab, stage, channel], outputs=views,
-                        api_name="atlas_image_follow", api_visibility="private")
+    tab.select(feature_maps, inputs=[ctx.image, n], outputs=plots, api_name="feature_maps_open", api_visibility="private")
+    ctx.follow(follow, inputs=[n, stage, channel], outputs=[*plots, *views])
     gr.on([show.click, channel.submit], channel_atlas, inputs=[stage, channel], outputs=shown,
           api_name="channel_atlas").then(class_means_figure, inputs=[details], outputs=[bars],
                                          api_name="atlas_bars", api_visibility="private")

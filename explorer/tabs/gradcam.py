@@ -7,13 +7,17 @@ import numpy as np
 
 from insight import render
 from insight.contrast import CONTRAST_METHODS, contrast_map
-from insight.gradcam import Analysis, analyze, predict_probs
 from resnet import CLASSES, STAGE_NAMES
 
-from ..context import DISPLAY, MODEL, PREDICTED, STRIDES, TARGET_CHOICES, model_input, target_index, user_errors
+from ..cache import Entry
+from ..context import CACHE, DISPLAY, PREDICTED, SERVING, STRIDES, TARGET_CHOICES, target_index, user_errors
 from ..ui import Ctx
 
 SCALES = ("per map", "shared")
+CONTRAST_WHAT = {
+    "Integrated Gradients": "pixel-level: |gradient x (image - mean image)| integrated along the path, summed over RGB",
+    "Occlusion": "how much the logit drops when an 8x8 patch is replaced by the data set's mean colour (stride 4)",
+}
 
 
 def _stage_caption(name: str, cam: np.ndarray) -> str:
@@ -21,33 +25,46 @@ def _stage_caption(name: str, cam: np.ndarray) -> str:
     return f"{name} · {h}x{w} · max {float(cam.max()):.2g}"
 
 
-def cam_outputs(result: Analysis, seen: np.ndarray, opacity: float, scale: str) -> tuple:
+def _check_view(opacity: float, scale: str) -> float:
     if scale not in SCALES:
         raise ValueError(f"Colour scale must be one of {', '.join(SCALES)}; got {scale!r}.")
     if not 0.0 <= float(opacity) <= 1.0:
         raise ValueError(f"Opacity must be between 0 and 1; got {opacity}.")
-    shared = max(float(m.max()) for m in result.cams.values())
+    return float(opacity)
+
+
+def cam_view(entry: Entry, target: int, cams: dict[str, np.ndarray], opacity: float, scale: str) -> tuple:
+    """The four overlays and the sentence under them: drawn from maps already computed."""
+    opacity = _check_view(opacity, scale)
+    shared = max(float(m.max()) for m in cams.values())
     gallery = []
     for name in STAGE_NAMES:
-        cam = result.cams[name]
+        cam = cams[name]
         vmax = shared if scale == "shared" else float(cam.max())
-        gallery.append((render.overlay(seen, cam, opacity=float(opacity), vmax=vmax, size=DISPLAY), _stage_caption(name, cam)))
-    target = CLASSES[result.target]
-    sizes = ", ".join(
-        f"{n} {m.shape[0]}x{m.shape[1]} (1 cell = {STRIDES[n]}x{STRIDES[n]} px)" for n, m in result.cams.items()
-    )
+        gallery.append((render.overlay(entry.seen, cam, opacity=opacity, vmax=vmax, size=DISPLAY), _stage_caption(name, cam)))
+    sizes = ", ".join(f"{n} {m.shape[0]}x{m.shape[1]} (1 cell = {STRIDES[n]}x{STRIDES[n]} px)" for n, m in cams.items())
+    predicted = entry.predicted
     note = (
-        f"Grad-CAM for **{target}** (p = {result.probs[result.target]:.3f}); "
-        f"{'the predicted class' if result.target == result.predicted else f'the model predicts {CLASSES[result.predicted]}'}. "
+        f"Grad-CAM for **{CLASSES[target]}** (p = {entry.probs[target]:.3f}); "
+        f"{'the predicted class' if target == predicted else f'the model predicts {CLASSES[predicted]}'}. "
         f"Colour: blue = 0, red = {f'{shared:.2g}, the largest value of all four maps' if scale == 'shared' else 'each map’s own maximum'}. "
-        f"Stage resolutions: {sizes}. layer4 is only {result.cams['layer4'].shape[0]}x{result.cams['layer4'].shape[1]} on a 32x32 input, so its map is "
+        f"Stage resolutions: {sizes}. layer4 is only {cams['layer4'].shape[0]}x{cams['layer4'].shape[1]} on a 32x32 input, so its map is "
         "coarse by construction; the smooth look comes from bilinear upsampling."
     )
-    raw = {
-        "target": target,
-        "maps": {name: m.tolist() for name, m in result.cams.items()},
-    }
-    return gallery, note, raw
+    return gallery, note
+
+
+def cam_outputs(entry: Entry, target: int, opacity: float, scale: str) -> tuple:
+    """Overlays, sentence and raw maps of ``target`` for an analysed image (one backward at most)."""
+    cams = CACHE.cams(entry, target)
+    raw = {"target": CLASSES[target], "maps": {name: m.tolist() for name, m in cams.items()}}
+    return (*cam_view(entry, target, cams, opacity, scale), raw)
+
+
+def _entry_and_target(image: str, target: str) -> tuple[Entry, int]:
+    entry = CACHE.entry(image)
+    chosen = target_index(target)
+    return entry, entry.predicted if chosen is None else chosen
 
 
 @user_errors
@@ -55,33 +72,47 @@ def gradcam(image: str | None, target: str, opacity: float, scale: str) -> tuple
     """Grad-CAM overlays of layer1..layer4 for a target class, and the raw maps."""
     if image is None:
         return [], "", None
-    x = model_input(image)
-    return cam_outputs(analyze(MODEL, x.tensor, target_index(target)), x.seen, opacity, scale)
+    return cam_outputs(*_entry_and_target(image, target), opacity, scale)
+
+
+@user_errors
+def gradcam_view(image: str | None, target: str, opacity: float, scale: str) -> tuple:
+    """The overlays redrawn for a new opacity or colour scale: nothing is recomputed, nor the raw maps re-sent."""
+    if image is None:
+        return [], ""
+    entry, chosen = _entry_and_target(image, target)
+    return cam_view(entry, chosen, CACHE.cams(entry, chosen), opacity, scale)
 
 
 @user_errors
 def contrast(image: str | None, target: str, method: str, opacity: float) -> tuple:
     if image is None:
         return None, ""
-    x = model_input(image)
-    t = target_index(target)
-    if t is None:
-        t = int(np.argmax(predict_probs(MODEL, x.tensor)))
-    attribution = contrast_map(MODEL, x.tensor, t, method)
-    what = {
-        "Integrated Gradients": "pixel-level: |gradient x (image - mean image)| integrated along the path, summed over RGB",
-        "Occlusion": "how much the logit drops when an 8x8 patch is replaced by the data set's mean colour (stride 4)",
-    }[method]
+    if method not in CONTRAST_METHODS:
+        raise ValueError(f"Unknown method {method!r}; use one of {', '.join(CONTRAST_METHODS)}.")
+    entry, chosen = _entry_and_target(image, target)
+    attribution = _contrast_map(entry, chosen, method)
     return (
-        render.overlay(x.seen, attribution, opacity=float(opacity), size=DISPLAY),
-        f"**{method}** for **{CLASSES[t]}**: {what}. Unlike Grad-CAM it does not look inside the network's stages.",
+        render.overlay(entry.seen, attribution, opacity=float(opacity), size=DISPLAY),
+        f"**{method}** for **{CLASSES[chosen]}**: {CONTRAST_WHAT[method]}. "
+        "Unlike Grad-CAM it does not look inside the network's stages.",
     )
+
+
+def _contrast_map(entry: Entry, target: int, method: str) -> np.ndarray:
+    # Computed once per image, class and method; the opacity slider only redraws it.
+    return CACHE.memo(entry, ("contrast", target, method), lambda: contrast_map(SERVING, entry.input(), target, method))
+
+
+def prepare(entry: Entry) -> None:
+    """Warm-up for a shipped sample: the contrast map this tab shows first."""
+    _contrast_map(entry, entry.predicted, CONTRAST_METHODS[0])
 
 
 def contrast_follow(image: str | None, open_tab: str, target: str, method: str, opacity: float) -> tuple:
     """A new image: redo the contrast map if the Grad-CAM tab is on screen, else clear it.
 
-    Integrated Gradients costs about ten full analyses on this CPU, so images
+    Integrated Gradients costs several full analyses on this CPU, so images
     browsed from another tab do not pay for it; opening the tab computes it.
     """
     if open_tab != "gradcam" or image is None:
@@ -92,21 +123,22 @@ def contrast_follow(image: str | None, open_tab: str, target: str, method: str, 
 def build(ctx: Ctx) -> None:
     with gr.Tab("Grad-CAM at every stage", id="gradcam") as tab:
         gr.Markdown(
-            "Captum's `LayerGradCam` (ReLU applied) at the output of each stage, for the class you choose: "
-            "where the evidence for that class sits at each depth. All four maps come from one forward and "
-            "one backward pass."
+            "Grad-CAM (ReLU applied) at the output of each stage, for the class you choose: where the evidence "
+            "for that class sits at each depth. All four maps come from one forward and one backward pass; another "
+            "class costs one more backward through the same forward. The maps equal Captum's `LayerGradCam` (the "
+            "tests hold the two equal)."
         )
         with gr.Row():
-            target = gr.Dropdown(TARGET_CHOICES, value=PREDICTED, label="Explain class", scale=2)
-            opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", scale=2)
-            scale = gr.Radio(list(SCALES), value="per map", label="Colour scale", scale=1)
+            target = gr.Dropdown(TARGET_CHOICES, value=PREDICTED, label="Explain class", scale=2, elem_id="gradcam-target")
+            opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", scale=2, elem_id="gradcam-opacity")
+            scale = gr.Radio(list(SCALES), value="per map", label="Colour scale", scale=1, elem_id="gradcam-scale")
         cams = gr.Gallery(
             label="Grad-CAM overlays",
             columns=4,
             rows=1,
             height=300,
             object_fit="contain",
-            format="png",
+            format="webp",  # a sixth of PNG's bytes for these smooth overlays
             elem_id="gradcam-gallery",
         )
         note = gr.Markdown(label="Grad-CAM note")
@@ -117,15 +149,17 @@ def build(ctx: Ctx) -> None:
             with gr.Column(scale=1):
                 method = gr.Radio(list(CONTRAST_METHODS), value=CONTRAST_METHODS[0], label="Method")
                 contrast_note = gr.Markdown(label="contrast note")
-            contrast_image = gr.Image(label="Attribution", interactive=False, format="png", height=256, scale=1)
+            contrast_image = gr.Image(label="Attribution", interactive=False, format="png", height=256, scale=1,
+                                      elem_id="contrast-image")
     ctx.controls.update(target=target, opacity=opacity, scale=scale)
     ctx.outputs.update(cams=cams, cam_note=note, cam_raw=raw)
+    target.change(gradcam, inputs=[ctx.image, target, opacity, scale], outputs=[cams, note, raw], api_name="gradcam")
     gr.on(
-        [target.change, scale.change, opacity.release],
-        gradcam,
+        [scale.change, opacity.release],
+        gradcam_view,
         inputs=[ctx.image, target, opacity, scale],
-        outputs=[cams, note, raw],
-        api_name="gradcam",
+        outputs=[cams, note],
+        api_name="gradcam_view",
     )
     gr.on(
         [tab.select, method.change, target.change, opacity.release],
@@ -134,10 +168,4 @@ def build(ctx: Ctx) -> None:
         outputs=[contrast_image, contrast_note],
         api_name="contrast",
     )
-    ctx.analysed.change(
-        contrast_follow,
-        inputs=[ctx.image, ctx.open_tab, target, method, opacity],
-        outputs=[contrast_image, contrast_note],
-        api_name="contrast_follow",
-        api_visibility="private",
-    )
+    ctx.follow(contrast_follow, inputs=[target, method, opacity], outputs=[contrast_image, contrast_note])

@@ -193,10 +193,4 @@ def build(ctx: Ctx) -> None:
         outputs=[line, sweep_note],
         api_name="robustness_sweep",
     )
-    ctx.analysed.change(
-        robustness_follow,
-        inputs=[ctx.image, ctx.open_tab, *sliders, stage, kind],
-        outputs=[*probe_outputs, line, sweep_note],
-        api_name="robustness_follow",
-        api_visibility="private",
-    )
+    ctx.follow(robustness_follow, inputs=[*sliders, stage, kind], outputs=[*probe_outputs, line, sweep_note])

@@ -107,5 +107,4 @@ def build(ctx: Ctx) -> None:
             numbers = gr.JSON(label="metrics")
     outputs = [maps, figure, verdict, numbers]
     run.click(sanity_check, inputs=[ctx.image, cascade, stage], outputs=outputs, api_name="sanity_check")
-    ctx.analysed.change(sanity_follow, inputs=[ctx.image, ctx.open_tab, cascade, stage], outputs=outputs,
-                        api_name="sanity_follow", api_visibility="private")
+    ctx.follow(sanity_follow, inputs=[cascade, stage], outputs=outputs)

@@ -1,0 +1,191 @@
+"""What the explorer computed for recent images, keyed by their content.
+
+Every event of the page names the current image by its file; the file's
+sha256 finds what was already computed for it: the 32x32 input, the
+prediction, the activations, the block ratios and the Grad-CAM maps of every
+class asked for so far. So moving the opacity slider or switching the colour
+scale computes nothing, and a new target class costs one backward pass through
+the kept forward (``insight.gradcam.GradCamPass``) of the few most recent
+images. Two events asking about the same new image at once wait for one
+computation instead of running two.
+
+Bounded: at most ``max_images`` analyses (oldest dropped first) and, of those,
+``max_passes`` kept forward passes (a pass holds the graph of layer2..layer4,
+about 15 MB at batch 1). ``warm`` fills it in the background with the shipped
+samples after start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from insight.gradcam import GradCamPass
+from resnet import preprocess
+from resnet.model import ResNet
+
+
+@dataclass
+class Entry:
+    """One image, analysed: everything but the per-class Grad-CAMs is fixed after construction."""
+
+    key: str  # sha256 of the file's bytes
+    seen: np.ndarray  # (32, 32, 3) uint8: what the network is given
+    size: tuple[int, int]  # (width, height) of the upload
+    notes: list[str]  # sentences about conversions (greyscale, EXIF rotation, ...)
+    probs: np.ndarray  # (10,) float32
+    logits: np.ndarray  # (10,) float32
+    features: dict[str, np.ndarray]  # "stem", "layer1".."layer4" -> (C, h, w) float32
+    block_ratios: np.ndarray  # (16,) ||F(x)|| / ||x||
+    cams: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # class -> stage -> (h, w)
+    extras: dict[tuple, Any] = field(default_factory=dict)  # other views' results for this image (see memo)
+
+    @property
+    def predicted(self) -> int:
+        return int(np.argmax(self.probs))
+
+    def input(self) -> torch.Tensor:
+        """(1, 3, 32, 32): what the network is given, normalised, channels_last."""
+        return model_input(self.seen)
+
+
+class AnalysisCache:
+    def __init__(self, model: ResNet, max_images: int = 48, max_passes: int = 4) -> None:
+        self.model = model
+        self.max_images = max_images
+        self.max_passes = max_passes
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._passes: OrderedDict[str, GradCamPass] = OrderedDict()
+        self._lock = threading.Lock()  # guards the two dicts and _computing
+        self._computing: dict[str, threading.Event] = {}
+        self.hits = self.misses = 0
+
+    # ----- reading -----------------------------------------------------------------------------
+
+    def entry(self, image: str | Path) -> Entry:
+        """The analysis of the image file at ``image``: from the cache, or computed now."""
+        data = preprocess.read_upload(image)
+        key = hashlib.sha256(data).hexdigest()
+        while True:
+            with self._lock:
+                found = self._entries.get(key)
+                if found is not None:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return found
+                waiting = self._computing.get(key)
+                if waiting is None:
+                    self._computing[key] = threading.Event()
+                    self.misses += 1
+                    break
+            waiting.wait()  # another request is computing this very image; then read its result
+        try:
+            made = self._compute(key, data)
+            with self._lock:
+                self._entries[key] = made
+                while len(self._entries) > self.max_images:
+                    old, _ = self._entries.popitem(last=False)
+                    self._drop_pass(old)
+            return made
+        finally:
+            with self._lock:
+                self._computing.pop(key).set()
+
+    def cams(self, entry: Entry, target: int) -> dict[str, np.ndarray]:
+        """Grad-CAM of ``target`` at every stage for an analysed image: one backward at most."""
+        found = entry.cams.get(target)
+        if found is not None:
+            return found
+        with self._lock:
+            run = self._passes.get(entry.key)
+            if run is not None:
+                self._passes.move_to_end(entry.key)
+        if run is None:  # the kept forward was dropped: run it again and keep it
+            run = GradCamPass(self.model, model_input(entry.seen))
+            self._keep_pass(entry.key, run)
+        maps = {name: m[0].cpu().numpy() for name, m in run.cams(target).items()}
+        entry.cams[target] = maps
+        return maps
+
+    def memo(self, entry: Entry, key: tuple, compute: Callable[[], Any]) -> Any:
+        """A view's result for this image (e.g. a contrast map per class and method), computed once.
+
+        It lives and is dropped with the image's entry, so the cache stays bounded.
+        """
+        if key not in entry.extras:
+            entry.extras[key] = compute()
+        return entry.extras[key]
+
+    def warm(self, paths: Iterable[Path], then: Callable[[Entry], None] | None = None,
+             on_error: Callable[[Path, Exception], None] | None = None,
+             done: Callable[[], None] | None = None) -> threading.Thread:
+        """Analyse ``paths`` in a daemon thread (the server answers meanwhile), calling
+        ``then(entry)`` on each (e.g. to memo what a view shows first) and ``done()`` at
+        the end; returns the thread."""
+
+        def run() -> None:
+            for path in paths:
+                try:
+                    entry = self.entry(path)
+                    if then is not None:
+                        then(entry)
+                except Exception as exc:  # a broken sample must not stop the others
+                    if on_error is not None:
+                        on_error(path, exc)
+            if done is not None:
+                done()
+
+        thread = threading.Thread(target=run, name="analysis-cache-warm", daemon=True)
+        thread.start()
+        return thread
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # ----- computing ---------------------------------------------------------------------------
+
+    def _compute(self, key: str, data: bytes) -> Entry:
+        img, notes = preprocess.load_image_with_notes(data)
+        seen = preprocess.to_model_input(img).seen
+        run = GradCamPass(self.model, model_input(seen))
+        logits = run.logits[0].float()
+        entry = Entry(
+            key=key,
+            seen=seen,
+            size=img.size,
+            notes=notes,
+            probs=torch.softmax(logits, 0).cpu().numpy().astype(np.float32),
+            logits=logits.cpu().numpy().astype(np.float32),
+            features={name: act[0].float().cpu().numpy() for name, act in run.features.items()},
+            block_ratios=run.block_ratios[0].cpu().numpy(),
+        )
+        # The predicted class's maps are what every new image shows first.
+        entry.cams[entry.predicted] = {name: m[0].cpu().numpy() for name, m in run.cams(entry.predicted).items()}
+        self._keep_pass(key, run)
+        return entry
+
+    def _keep_pass(self, key: str, run: GradCamPass) -> None:
+        with self._lock:
+            self._passes[key] = run
+            self._passes.move_to_end(key)
+            while len(self._passes) > self.max_passes:
+                _, old = self._passes.popitem(last=False)
+                old.close()
+
+    def _drop_pass(self, key: str) -> None:
+        run = self._passes.pop(key, None)
+        if run is not None:
+            run.close()
+
+
+def model_input(seen: np.ndarray) -> torch.Tensor:
+    # channels_last: what the served model's convolutions run fastest in on a CPU.
+    x = preprocess.normalise(preprocess.images_to_pixels(seen))
+    return x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,86 @@
+"""What makes a click cheap: slider changes recompute nothing, hidden views compute nothing,
+and a new image costs two events (the analysis and one follow-up for every tab), not one per tab.
+
+In-process on the shipped model for the handlers; the server and a real Chromium for the events.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def explorer_modules():
+    from explorer import context
+    from explorer.tabs import blocks, features, gradcam
+
+    return context, blocks, features, gradcam
+
+
+def test_opacity_and_colour_scale_redraw_from_the_cache(explorer_modules, monkeypatch) -> None:
+    context, _, _, gradcam = explorer_modules
+    sample = str(SAMPLES[4])
+    gallery, note, raw = gradcam.gradcam(sample, "cat", 0.5, "per map")
+    entry = context.CACHE.entry(sample)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a view change ran the network")
+
+    monkeypatch.setattr(gradcam, "contrast_map", no_network)
+    monkeypatch.setattr(context.CACHE, "_compute", no_network)
+    monkeypatch.setattr("explorer.cache.GradCamPass", no_network)
+    redrawn, note2 = gradcam.gradcam_view(sample, "cat", 0.8, "shared")
+    assert len(redrawn) == 4 and "Grad-CAM for **cat**" in note2 and "largest value of all four maps" in note2
+    assert 3 in entry.cams  # cat's maps were kept
+
+
+def test_hidden_tabs_compute_nothing_for_a_new_image(explorer_modules) -> None:
+    context, blocks, features, gradcam = explorer_modules
+    sample = str(SAMPLES[7])
+    assert blocks.block_anatomy_follow(sample, "gradcam", "layer1.0", "channel mean", 0) == (None, None)
+    hidden = features.follow(sample, "gradcam", 16, "layer4", 0)
+    assert all(v in (None, [], "") for v in hidden)
+    assert gradcam.contrast_follow(sample, "blocks", "predicted class", "Occlusion", 0.5) == (None, "")
+    entry = context.CACHE.entry(sample)
+    assert not entry.extras  # no anatomy, no contrast map was computed
+    # On screen, the same followers do compute, from the image's cached analysis.
+    parts, ratios = blocks.block_anatomy_follow(sample, "blocks", "layer1.0", "channel mean", 0)
+    assert parts is not None and ("anatomy", "layer1.0", None) in entry.extras
+
+
+def test_a_new_image_costs_the_analysis_and_one_follow_up(tmp_path) -> None:
+    from conftest import start_app
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, _browser_or_fail
+
+    _browser_or_fail()
+    from playwright.sync_api import expect, sync_playwright
+
+    with start_app(tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url, wait_until="domcontentloaded")
+            # The page opens on a worked example, analysed without a click.
+            expect(page.locator("#true-class")).to_contain_text(SAMPLES[0].name, timeout=60_000)
+            expect(page.locator("#gradcam-gallery img")).to_have_count(4, timeout=30_000)
+            names = {i: d.get("api_name") for i, d in enumerate(page.evaluate("() => window.gradio_config")["dependencies"])}
+            page.wait_for_timeout(1500)
+            events: list[str] = []
+
+            def on_request(request) -> None:
+                if "/queue/join" in request.url and request.post_data:
+                    events.append(names.get(json.loads(request.post_data).get("fn_index")))
+
+            page.on("request", on_request)
+            page.locator("#samples img").nth(9).click()  # cat_0.png
+            expect(page.locator("#true-class")).to_contain_text("cat_0.png", timeout=60_000)
+            page.wait_for_timeout(2000)
+            assert events == ["analyze", "follow"], events
+        finally:
+            browser.close()
