@@ -335,6 +335,7 @@ class Run:
         self.perm_gen = torch.Generator().manual_seed(cfg.seed)
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + 1 + ctx.rank)
         self.state = RunState(sums=torch.zeros(3, dtype=torch.float64, device=device))
+        self._perm_on_device: tuple[Tensor | None, Tensor | None] = (None, None)
 
         self.train_x = torch.from_numpy(data.train.images).to(device)
         self.train_y = torch.from_numpy(data.train.labels).to(device)
@@ -370,8 +371,11 @@ class Run:
             s.sums.zero_()
             s.res_steps.clear()
             s.epoch_seconds = 0.0
+        if self._perm_on_device[0] is not s.perm:
+            # Once per epoch: a host-to-device copy every step would make the host wait for the GPU.
+            self._perm_on_device = (s.perm, s.perm.to(self.device))
         first = s.step_in_epoch * cfg.batch_size + self.ctx.rank * self.local_batch
-        idx = s.perm[first : first + self.local_batch].to(self.device, non_blocking=True)
+        idx = self._perm_on_device[1][first : first + self.local_batch]
         res = resolution_at(s.global_step, self.total_steps, cfg)
         x = train_batch(self.train_x[idx], self.aug_gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout,
                         resolution=res, channels_last=cfg.channels_last)
@@ -560,8 +564,9 @@ def _fit(cfg: TrainConfig, data: Cifar10 | None, ctx: Dist, device: torch.device
         while not s.finished:
             model.train()
             bar = tqdm(total=run.steps_per_epoch, initial=s.step_in_epoch, desc=f"epoch {s.epoch + 1}/{cfg.epochs}",
-                       unit="step", leave=False, mininterval=0.5 if sys.stderr.isatty() else 30,
-                       disable=not (ctx.main and show_progress))
+                       unit="step", leave=False, disable=not (ctx.main and show_progress),
+                       # Into a log, a line every 30 s of a long (CPU) epoch and none for a 3 s GPU epoch.
+                       mininterval=0.5 if sys.stderr.isatty() else 30, delay=0 if sys.stderr.isatty() else 10)
             finite = torch.ones((), dtype=torch.bool, device=device)
             # What the last step ran with (a resumed epoch may have no step left to run).
             lr, res = run.lr_at(max(s.global_step - 1, 0)), resolution_at(max(s.global_step - 1, 0), run.total_steps, cfg)
