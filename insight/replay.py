@@ -595,6 +595,7 @@ class Replay:
                 "labels": [self.label(i) for i in range(len(self))],
                 "probs": {c: self.probs[:, p, k].tolist() for k, c in enumerate(CLASSES)},
                 "predicted_class": [CLASSES[int(k)] for k in self.pred[:, p]],
+                "block_ratios": {b: self.block_ratios[:, p, k].tolist() for k, b in enumerate(BLOCK_NAMES)},
                 "bn3_gamma": {b: self.bn3_gamma[:, k].tolist() for k, b in enumerate(BLOCK_NAMES)},
             },
             "over_epochs": {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -492,3 +493,108 @@ def test_probe_samples_are_the_shipped_samples_in_class_order(probes):
     assert len(names) == 30 and images.shape == (30, 32, 32, 3) and images.dtype == np.uint8
     assert names[:3] == ["airplane_0.png", "airplane_1.png", "airplane_2.png"] and names[9] == "cat_0.png"
     assert labels == [k for k in range(NUM_CLASSES) for _ in range(3)]
+
+
+# ----- the /training_replay endpoint ----------------------------------------------------------
+
+
+def synthetic_replay(folder: Path, n_epochs: int = 6, steps_per_epoch: int = 10, seed: int = 0) -> Path:
+    """A replay of the shipped samples with made-up but well-formed numbers, written to ``folder``.
+
+    The shipped CPU weights come without a replay; the app tests need one. Each snapshot's maps
+    and probabilities differ, the true class gains probability as training goes on, and there is
+    one evaluation per epoch.
+    """
+    names, _, labels = replay.probe_samples(ROOT / "assets" / "samples")
+    rng = np.random.default_rng(seed)
+    rec = ReplayRecorder(names, labels)
+    steps = record_steps(steps_per_epoch, 3) + [steps_per_epoch * (e + 1) for e in range(n_epochs)]
+    y = np.asarray(labels)
+    for step in steps:
+        progress = step / (steps_per_epoch * n_epochs)
+        logits = rng.normal(0, 1, (len(names), NUM_CLASSES))
+        logits[np.arange(len(names)), y] += 5 * progress
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        snap = {
+            "probs": probs.astype(np.float32), "pred": probs.argmax(1),
+            "block_ratios": rng.uniform(0, 2 * progress + 1e-3, (len(names), 16)).astype(np.float32),
+            "bn3_gamma": (np.linspace(0.05, 0.4, 16) * progress).astype(np.float32),
+        }
+        for key in CAM_KEYS:
+            side = SIDES[key.split(".")[1]]
+            snap[key] = np.maximum(rng.normal(0, 1, (len(names), side, side)), 0).astype(np.float32)
+        rec.add_snapshot(snap, step=step, epoch=step / steps_per_epoch, images_seen=step * 128)
+        if step and step % steps_per_epoch == 0:
+            truth = np.repeat(np.arange(NUM_CLASSES), 20)
+            wrong = rng.random(truth.size) > 0.3 + 0.1 * (step // steps_per_epoch)
+            rec.add_epoch_eval(step // steps_per_epoch, truth, np.where(wrong, (truth + 1) % NUM_CLASSES, truth))
+    path = folder / REPLAY_FILE
+    rec.save(path)
+    return path
+
+
+def assets_with(folder: Path, replay_file: bool = True) -> Path:
+    """A private assets folder: the shipped weights, card and samples, plus a synthetic replay."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("resnet50_cifar10.safetensors", "model_card.json"):
+        (folder / name).symlink_to(ROOT / "assets" / name)
+    # Copied, not linked: the server serves the examples only from inside its assets folder.
+    shutil.copytree(ROOT / "assets" / "samples", folder / "samples")
+    if replay_file:
+        synthetic_replay(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def replay_client(tmp_path_factory):
+    from gradio_client import Client
+
+    from conftest import start_app
+
+    assets = assets_with(tmp_path_factory.mktemp("assets"))
+    with start_app(tmp_path_factory.mktemp("log"), EXPLORER_ASSETS_DIR=str(assets)) as url:
+        yield Client(url, verbose=False), load_replay(assets / REPLAY_FILE), assets / REPLAY_FILE
+
+
+def test_training_replay_answers_the_numbers_of_the_replay_file(replay_client):
+    client, r, _ = replay_client
+    for name, index in (("cat_0.png", 0), ("ship_2.png", len(r) - 1), ("dog_1.png", 4.0)):
+        answer = client.predict(name, index, api_name="/training_replay")
+        expected = json.loads(json.dumps(r.view(name, index)))
+        dataset = answer["over_epochs"].pop("dataset")
+        assert dataset == json.loads((ROOT / "assets" / "model_card.json").read_text())["dataset"]
+        if answer["evaluation"] is not None:
+            assert answer["evaluation"].pop("dataset") == dataset
+        assert answer == expected
+
+
+def test_training_replay_refuses_what_is_not_in_the_replay_with_a_sentence(replay_client):
+    from gradio_client.exceptions import AppError
+
+    client, r, _ = replay_client
+    with pytest.raises(AppError, match="not one of the 30 probe images"):
+        client.predict("my_holiday.jpg", 0, api_name="/training_replay")
+    with pytest.raises(AppError, match=f"from 0 to {len(r) - 1}"):
+        client.predict("cat_0.png", len(r), api_name="/training_replay")
+    with pytest.raises(AppError, match="whole number"):
+        client.predict("cat_0.png", 1.5, api_name="/training_replay")
+
+
+def test_training_replay_is_named_and_its_glue_stays_private(replay_client):
+    client, _, _ = replay_client
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert "/training_replay" in names
+    assert not {n for n in names if n.startswith("/replay_")}
+
+
+def test_without_a_replay_file_the_endpoint_says_so(replay_client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    client, _, path = replay_client
+    path.rename(tmp_path / REPLAY_FILE)  # the server reads the file afresh when it changes
+    try:
+        with pytest.raises(AppError, match="replay.npz. is not available"):
+            client.predict("cat_0.png", 0, api_name="/training_replay")
+    finally:
+        (tmp_path / REPLAY_FILE).rename(path)
+    assert client.predict("cat_0.png", 0, api_name="/training_replay")["sample"] == "cat_0.png"
