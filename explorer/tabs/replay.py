@@ -361,10 +361,11 @@ def build(ctx: Ctx) -> None:
             with gr.Column():
                 gr.Markdown("### This image")
                 probs = gr.Plot(label="Class probabilities over training", elem_id="replay-probs")
-                cams = gr.Gallery(label="Grad-CAM at this snapshot: top row the predicted class, bottom row the true "
-                                        "class; each layer's pair on one colour scale",
-                                  columns=4, rows=2, height="auto", object_fit="contain", format="png",
-                                  allow_preview=False, elem_id="replay-cams")
+                # A one-line label: the gallery's label floats over its first row.
+                cams = gr.Gallery(label="Grad-CAM: predicted class (top), true class (bottom)", columns=4, rows=2,
+                                  height="auto", object_fit="contain", format="png", allow_preview=False,
+                                  elem_id="replay-cams")
+                gr.Markdown("Each layer's two maps share one colour scale (blue 0, red the larger maximum).")
                 ratios = gr.Plot(label="||F(x)|| / ||x|| per block at this snapshot", elem_id="replay-ratios")
             with gr.Column():
                 gr.Markdown("### The whole model")
