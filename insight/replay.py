@@ -51,7 +51,7 @@ N_BLOCKS = 16
 # Each stage's Grad-CAM side in cells for 32x32 inputs with the CIFAR stem.
 CAM_SIDES: dict[str, int] = {"layer1": 32, "layer2": 16, "layer3": 8, "layer4": 4}
 CAM_TARGETS: tuple[str, ...] = ("pred", "true")  # explained class: the predicted one, the true one
-HOW_TO_MAKE = "Train with `python -m train` (it records the replay by default) and export the run into assets/."
+HOW_TO_MAKE = "Training records it by default: `python -m train --export-to assets` writes it there."
 
 
 def cam_key(target: str, stage: str) -> str:

@@ -248,8 +248,7 @@ def _choose(replay: Replay, image: str | None, sample: str | None) -> tuple[str,
 
 
 def _unavailable(exc: Exception) -> tuple:
-    return (f"{NOT_AVAILABLE} {exc}", gr.Dropdown(choices=[], value=None), gr.skip(), f"{NOT_AVAILABLE} {exc}",
-            *([None] * (N_VIEW - 1)))
+    return (f"{NOT_AVAILABLE} {exc}", gr.Dropdown(choices=[], value=None), gr.skip(), "", *([None] * (N_VIEW - 1)))
 
 
 @user_errors
