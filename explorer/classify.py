@@ -18,7 +18,7 @@ from resnet import CLASSES
 from .cache import Entry
 from .context import CACHE, SAMPLES, TOP_K, enlarge, target_index, truth, user_errors
 from .tabs.gradcam import cam_outputs
-from .ui import Ctx, UploadImage
+from .ui import OPEN_TAB_JS, Ctx, UploadImage
 
 # The example the page opens on, already analysed (the first shipped sample).
 OPENING: Path | None = next(iter(SAMPLES.values()), None)
@@ -120,5 +120,5 @@ def wire_analysis(ctx: Ctx, demo: gr.Blocks) -> None:
     follow_outputs = [c for f in ctx.followers for c in f.outputs]
     for event in events:
         # Only after a successful analysis: a refused upload leaves every view as it was.
-        event.success(ctx.follow_all, inputs=follow_inputs, outputs=follow_outputs, api_name="follow",
-                      api_visibility="private", show_progress="minimal")
+        event.success(ctx.follow_all, inputs=follow_inputs, outputs=follow_outputs, js=OPEN_TAB_JS,
+                      api_name="follow", api_visibility="private", show_progress="minimal")

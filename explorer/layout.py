@@ -13,7 +13,7 @@ from . import classify
 from .cache import Entry
 from .context import ASSETS, CACHE, CARD, USER_EVALUATION, USER_WEIGHTS
 from .tabs import TABS
-from .ui import opened
+from .ui import TAB_ID_PREFIX, opened
 
 
 def _header_markdown() -> str:
@@ -50,6 +50,8 @@ def build_demo() -> gr.Blocks:
             for tab in TABS:
                 tab.build(ctx)
         for tab in tabs.children:
+            # The follow-up event reads which tab is on screen from these ids (ui.OPEN_TAB_JS).
+            tab.elem_id = tab.elem_id or f"{TAB_ID_PREFIX}{tab.id}"
             tab.select(opened(tab.id), outputs=[ctx.open_tab], queue=False, api_name=f"open_{tab.id}",
                        api_visibility="private")
         classify.wire_analysis(ctx, demo)

@@ -70,6 +70,17 @@ class Ctx:
         return out
 
 
+TAB_ID_PREFIX = "tab-"  # a tab's panel is the element with id TAB_ID_PREFIX + its id
+# Runs in the browser before the follow-up event: which tab is on screen, read from the page
+# itself. The server's record (Ctx.open_tab, set by each tab's select event) can lag behind a
+# click: while the tab bar lays itself out, Gradio sends a select for the first tab that may be
+# processed after the user's own.
+OPEN_TAB_JS = f"""(image, open_tab, ...rest) => {{
+  const shown = [...document.querySelectorAll('.tabitem[id^="{TAB_ID_PREFIX}"]')].find(e => e.offsetParent !== null);
+  return [image, shown ? shown.id.slice({len(TAB_ID_PREFIX)}) : open_tab, ...rest];
+}}"""
+
+
 def opened(tab_id: str) -> Callable[[], str]:
     """Event handler that records which tab is open (for follow-ups of a new image)."""
 

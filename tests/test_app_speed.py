@@ -55,8 +55,9 @@ def test_hidden_tabs_compute_nothing_for_a_new_image(explorer_modules) -> None:
 
 
 def test_a_new_image_costs_the_analysis_and_one_follow_up(tmp_path) -> None:
-    from conftest import start_app
     from test_browser import CHROMIUM, CHROMIUM_ARGS, _browser_or_fail
+
+    from conftest import start_app
 
     _browser_or_fail()
     from playwright.sync_api import expect, sync_playwright

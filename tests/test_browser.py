@@ -84,6 +84,24 @@ def app_url(tmp_path_factory):
         yield url
 
 
+def open_tab(page, name: str) -> None:
+    """Click a tab, from the "More tabs" menu when the tab bar has no room left for it (narrow windows)."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    for _ in range(20):
+        if tab.count() and tab.is_visible():
+            tab.click()
+            return
+        more = page.get_by_label("More tabs")
+        if more.is_visible():
+            more.click()
+            item = page.locator(".overflow-dropdown button", has_text=name)
+            if item.is_visible():
+                item.click()
+                return
+        page.wait_for_timeout(500)
+    raise AssertionError(f"no tab named {name!r}, neither in the tab bar nor under More tabs")
+
+
 def _plotly_count(page, selector: str) -> int:
     return page.locator(f"{selector} .js-plotly-plot svg.main-svg").count()
 
@@ -117,14 +135,14 @@ def test_click_sample_then_every_tab_renders(app_url):
                 assert gallery_images.nth(i).evaluate("img => img.naturalWidth") > 0
             expect(page.get_by_text("layer4 · 4x4").first).to_be_visible()
 
-            page.get_by_role("tab", name="Feature maps").click()
+            open_tab(page, "Feature maps")
             page.wait_for_function(
                 "() => document.querySelectorAll('.feature-plot .js-plotly-plot svg.main-svg').length >= 5",
                 timeout=60_000,
             )
 
             page.screenshot(path=str(ARTIFACTS / "browser-features.png"), full_page=True)
-            page.get_by_role("tab", name="Inside a residual block").click()
+            open_tab(page, "Residual blocks")
             page.wait_for_function(
                 "() => document.querySelectorAll('.anatomy-plot .js-plotly-plot svg.main-svg').length >= 2",
                 timeout=60_000,
@@ -132,7 +150,7 @@ def test_click_sample_then_every_tab_renders(app_url):
             assert page.locator(".anatomy-plot .js-plotly-plot .bars path").count() >= 16  # one bar per block
 
             page.screenshot(path=str(ARTIFACTS / "browser-blocks.png"), full_page=True)
-            page.get_by_role("tab", name="Training curves").click()
+            open_tab(page, "Training curves")
             page.wait_for_function(
                 "() => document.querySelectorAll('#training-plot .js-plotly-plot svg.main-svg').length >= 1",
                 timeout=30_000,
@@ -140,14 +158,14 @@ def test_click_sample_then_every_tab_renders(app_url):
             expect(page.locator("#training-plot").get_by_text("seed notebook 75.6%")).to_be_visible()
 
             page.screenshot(path=str(ARTIFACTS / "browser-training.png"), full_page=True)
-            page.get_by_role("tab", name="The model").click()
+            open_tab(page, "The model")
             expect(page.locator("#architecture").get_by_text("layer4").first).to_be_visible(timeout=10_000)
             expect(page.locator("#model-card").get_by_text("Data set")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "browser-model.png"), full_page=True)
 
             _insight_tabs(page)
 
-            page.get_by_role("tab", name="Grad-CAM at every stage").click()
+            open_tab(page, "Grad-CAM")
             expect(gallery_images).to_have_count(4)
             page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
 
@@ -189,7 +207,7 @@ def _insight_tabs(page) -> None:
     from playwright.sync_api import expect
 
     # Robustness: opening the tab probes the image and sweeps the default perturbation.
-    page.get_by_role("tab", name="Robustness").click()
+    open_tab(page, "Robustness")
     _wait_plots(page, "#robustness-plot")
     _images_loaded(page.locator("#robustness-cams img"), 2)
     expect(page.locator("#robustness-note")).to_contain_text("the true class of this CIFAR-10 test image")
@@ -211,7 +229,7 @@ def _insight_tabs(page) -> None:
     expect(page.locator("#sweep-note")).to_contain_text("Reference class: ship", timeout=30_000)
 
     # Sanity check: one button, trained vs re-initialised Grad-CAM and a verdict.
-    page.get_by_role("tab", name="Sanity check").click()
+    open_tab(page, "Sanity check")
     page.locator("#sanity-button").click()
     _images_loaded(page.locator("#sanity-gallery img"), 2)
     expect(page.locator("#sanity-verdict")).to_contain_text("layer4 re-initialised", timeout=30_000)
@@ -219,7 +237,7 @@ def _insight_tabs(page) -> None:
     page.screenshot(path=str(ARTIFACTS / "browser-sanity.png"), full_page=True)
 
     # Test set: the confusion matrix, a pair's gallery, one image's two Grad-CAMs.
-    page.get_by_role("tab", name="Test set").click()
+    open_tab(page, "Test set")
     _wait_plots(page, "#confusion-plot")
     _wait_plots(page, "#class-accuracy-plot")
     expect(page.locator("#pair-summary")).to_contain_text("most confident first", timeout=30_000)
@@ -237,7 +255,7 @@ def _insight_tabs(page) -> None:
     page.screenshot(path=str(ARTIFACTS / "browser-testset.png"), full_page=True)
 
     # Calibration: the reliability diagram and what it says about the temperature.
-    page.get_by_role("tab", name="Calibration").click()
+    open_tab(page, "Calibration")
     _wait_plots(page, "#reliability-plot")
     _wait_plots(page, "#confidence-plot")
     expect(page.locator("#calibration-summary")).to_contain_text("Expected calibration error")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _browser_or_fail, _images_loaded, _wait_plots
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _browser_or_fail, _images_loaded, _wait_plots, open_tab
 
 from insight import atlas
 from resnet.constants import CLASSES
@@ -61,7 +61,7 @@ def test_pick_a_channel_and_see_its_top_test_images(server):
             page.locator("#samples img").nth(9).click()  # cat_0.png
             expect(page.locator("#true-class")).to_contain_text("True class: cat", timeout=60_000)
 
-            page.get_by_role("tab", name="Feature maps").click()
+            open_tab(page, "Feature maps")
             expect(page.locator("#atlas-overview")).to_contain_text("dead", timeout=60_000)
             expect(page.locator("#atlas-overview")).to_contain_text(f"{shipped.n_images:,} images of the CIFAR-10")
             # The shortcut: the current image's most active layer4 channels, as overlays.

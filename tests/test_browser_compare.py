@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _browser_or_fail, _images_loaded, _wait_plots
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _browser_or_fail, _images_loaded, _wait_plots, open_tab
 from test_compare import theirs  # noqa: F401  (the fixture: a DDP float16 checkpoint of a random ResNet-50)
 
 from conftest import start_app
@@ -23,16 +23,6 @@ def app(tmp_path_factory):
     uploads = tmp_path_factory.mktemp("uploads")
     with start_app(tmp_path_factory.mktemp("log"), GRADIO_TEMP_DIR=str(uploads)) as url:
         yield url, uploads
-
-
-def open_tab(page, name: str) -> None:
-    """Click a tab, through Gradio's "More tabs" menu when the row has no room for it."""
-    tab = page.get_by_role("tab", name=name, exact=True)
-    if tab.count() and tab.is_visible():
-        tab.click()
-    else:
-        page.get_by_label("More tabs").click()
-        page.locator(".overflow-dropdown button", has_text=name).click()
 
 
 def on_compare_tab(page, url: str, sample: int | None = None):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _browser_or_fail, _images_loaded, _wait_plots
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _browser_or_fail, _images_loaded, _wait_plots, open_tab
 from test_replay import assets_with
 
 from conftest import start_app
@@ -28,24 +28,6 @@ def app(tmp_path_factory):
     assets = assets_with(tmp_path_factory.mktemp("assets"))
     with start_app(tmp_path_factory.mktemp("log"), EXPLORER_ASSETS_DIR=str(assets)) as url:
         yield url, load_replay(assets / REPLAY_FILE)
-
-
-def _open_tab(page, name: str) -> None:
-    """Click a tab, from the "More tabs" menu when the tab bar has no room left for it."""
-    tab = page.get_by_role("tab", name=name)
-    for _ in range(20):
-        if tab.is_visible():
-            tab.click()
-            return
-        more = page.get_by_label("More tabs")
-        if more.is_visible():
-            more.click()
-            item = page.locator(".overflow-dropdown button", has_text=name)
-            if item.is_visible():
-                item.click()
-                return
-        page.wait_for_timeout(500)
-    raise AssertionError(f"no tab named {name!r}, neither in the tab bar nor under More tabs")
 
 
 def _map_sources(page) -> list[str]:
@@ -95,7 +77,7 @@ def test_scrub_play_and_follow_the_replay(app, tmp_path):
             page.goto(app_url, wait_until="domcontentloaded")
             expect(page.locator("#samples")).to_be_visible(timeout=30_000)
             expect(page.locator("#true-class")).to_contain_text("True class", timeout=60_000)
-            _open_tab(page, "How it learned")
+            open_tab(page, "How it learned")
 
             # Opened on the last snapshot: the model as it is served, for the page's opening example.
             when = page.locator("#replay-when")

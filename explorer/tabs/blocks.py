@@ -77,7 +77,7 @@ def block_anatomy_follow(image: str | None, open_tab: str, block: str, view: str
 
 
 def build(ctx: Ctx) -> None:
-    with gr.Tab("Inside a residual block", id="blocks") as tab:
+    with gr.Tab("Residual blocks", id="blocks") as tab:
         with gr.Row():
             block = gr.Dropdown(BLOCK_NAMES, value=BLOCK_NAMES[0], label="Bottleneck block (16)")
             view = gr.Radio(["channel mean", "one channel"], value="channel mean", label="Show")

@@ -121,7 +121,7 @@ def contrast_follow(image: str | None, open_tab: str, target: str, method: str, 
 
 
 def build(ctx: Ctx) -> None:
-    with gr.Tab("Grad-CAM at every stage", id="gradcam") as tab:
+    with gr.Tab("Grad-CAM", id="gradcam") as tab:
         gr.Markdown(
             "Grad-CAM (ReLU applied) at the output of each stage, for the class you choose: where the evidence "
             "for that class sits at each depth. All four maps come from one forward and one backward pass; another "
