@@ -493,7 +493,9 @@ class Run:
         cfg = self.cfg
         steps = Counter(resolution_at(s, self.total_steps, cfg) for s in range(self.total_steps))
         per_res = ", ".join(f"{r} px: {n}" for r, n in sorted(steps.items()))
-        compiled = "compiled" if cfg.compile and self.device.type == "cuda" else "eager"
+        compiled = "eager"
+        if cfg.compile and self.device.type == "cuda":
+            compiled = f"compiled ({len(steps)} resolution{'s' if len(steps) > 1 else ''}: one cold compile each)"
         return (
             f"training ResNet-50 on {self.data.name} ({len(self.data.train)} train / {len(self.data.test)} test images) on "
             f"{device_name(self.device, self.ctx.world)}: {cfg.epochs} epochs x {self.steps_per_epoch} steps of "
