@@ -42,7 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -152,15 +152,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(log: Path, wait_warm: bool = True) -> Iterator[tuple[str, subprocess.Popen, float, float]]:
-    """``python app.py`` on a free port: (url, process, seconds to page up, seconds to warm-up done)."""
+def running_app(log: Path, *args: str, wait_warm: bool = True, deadline_s: float = 300,
+                fail: Callable[[str], NoReturn] = sys.exit, **env: str) -> Iterator[tuple[str, subprocess.Popen, float, float]]:
+    """``python app.py *args`` on a free port (extra environment in ``env``): (url, process, seconds to page up,
+    seconds to warm-up done). An app that has not answered after ``deadline_s`` is ``fail``-ed with its log's tail."""
     import urllib.request
 
     port = free_port()
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", PYTHONUNBUFFERED="1")
+    full_env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", PYTHONUNBUFFERED="1",
+                    **env)
     handle = open(log, "w+")
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=full_env, stdout=handle,
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         while True:
@@ -168,9 +172,9 @@ def running_app(log: Path, wait_warm: bool = True) -> Iterator[tuple[str, subpro
                 urllib.request.urlopen(url, timeout=1).close()
                 break
             except OSError:
-                if proc.poll() is not None or time.perf_counter() - start > 300:
+                if proc.poll() is not None or time.perf_counter() - start > deadline_s:
                     handle.seek(0)
-                    raise SystemExit(f"app.py did not start:\n{handle.read()[-3000:]}")
+                    fail(f"app.py did not start:\n{handle.read()[-3000:]}")
                 time.sleep(0.05)
         up = time.perf_counter() - start
         while wait_warm and "warm-up done" not in log.read_text() and time.perf_counter() - start < 300:

@@ -6,14 +6,8 @@ browser tests."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import socket
-import subprocess
-import sys
 import tarfile
-import time
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.app_latency import running_app
 from insight.testset import EVALUATION_FILE, GALLERY_FILE
 from resnet.constants import CLASSES, NUM_CLASSES
 
@@ -196,44 +191,19 @@ def write_assets(folder: Path, ev: dict[str, Any] | None = None, correct_per_cla
 # ----- the explorer as a running server ----------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 APP_PIDS: dict[str, int] = {}  # url -> process id of the servers start_app runs (to read their memory)
 
 
 @contextmanager
 def start_app(log_dir: Path, *args: str, **env: str) -> Iterator[str]:
     """``python app.py *args`` on a free port (extra environment in ``env``); yields its URL, stops it after."""
-    port = free_port()
-    full_env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", **env)
-    log = open(log_dir / "app.log", "w+")
-    proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"app.py did not start:\n{log.read()[-3000:]}")
-                time.sleep(0.5)
+    app = running_app(log_dir / "app.log", *args, wait_warm=False, deadline_s=120, fail=pytest.fail, **env)
+    with app as (url, proc, _, _):
         APP_PIDS[url] = proc.pid
-        yield url
-    finally:
-        APP_PIDS.pop(url, None)
-        proc.terminate()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            yield url
+        finally:
+            APP_PIDS.pop(url, None)
 
 
 @pytest.fixture(scope="session")

@@ -55,33 +55,27 @@ def test_hidden_tabs_compute_nothing_for_a_new_image(explorer_modules) -> None:
 
 
 def test_a_new_image_costs_the_analysis_and_one_follow_up(tmp_path) -> None:
-    from test_browser import CHROMIUM, CHROMIUM_ARGS, _browser_or_fail
+    from test_browser import _browser_or_fail, browser_page
 
     from conftest import start_app
 
     _browser_or_fail()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with start_app(tmp_path) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(url, wait_until="domcontentloaded")
-            # The page opens on a worked example, analysed without a click.
-            expect(page.locator("#true-class")).to_contain_text(SAMPLES[0].name, timeout=60_000)
-            expect(page.locator("#gradcam-gallery img")).to_have_count(4, timeout=30_000)
-            names = {i: d.get("api_name") for i, d in enumerate(page.evaluate("() => window.gradio_config")["dependencies"])}
-            page.wait_for_timeout(1500)
-            events: list[str] = []
+    with start_app(tmp_path) as url, browser_page(url, failure_png="browser-speed-failure.png") as page:
+        # The page opens on a worked example, analysed without a click.
+        expect(page.locator("#true-class")).to_contain_text(SAMPLES[0].name, timeout=60_000)
+        expect(page.locator("#gradcam-gallery img")).to_have_count(4, timeout=30_000)
+        names = {i: d.get("api_name") for i, d in enumerate(page.evaluate("() => window.gradio_config")["dependencies"])}
+        page.wait_for_timeout(1500)
+        events: list[str] = []
 
-            def on_request(request) -> None:
-                if "/queue/join" in request.url and request.post_data:
-                    events.append(names.get(json.loads(request.post_data).get("fn_index")))
+        def on_request(request) -> None:
+            if "/queue/join" in request.url and request.post_data:
+                events.append(names.get(json.loads(request.post_data).get("fn_index")))
 
-            page.on("request", on_request)
-            page.locator("#samples img").nth(9).click()  # cat_0.png
-            expect(page.locator("#true-class")).to_contain_text("cat_0.png", timeout=60_000)
-            page.wait_for_timeout(2000)
-            assert events == ["analyze", "follow"], events
-        finally:
-            browser.close()
+        page.on("request", on_request)
+        page.locator("#samples img").nth(9).click()  # cat_0.png
+        expect(page.locator("#true-class")).to_contain_text("cat_0.png", timeout=60_000)
+        page.wait_for_timeout(2000)
+        assert events == ["analyze", "follow"], events

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -48,6 +50,49 @@ def _browser_or_fail() -> None:
             "run `apt-get install -y chromium` and `pip install playwright` "
             "(or set ALLOW_NO_BROWSER=1 to skip deliberately)."
         )
+
+
+class BrowserSession:
+    """One headless Chromium; every page it opens adds its JavaScript errors to ``errors``."""
+
+    def __init__(self, browser) -> None:
+        self.browser = browser
+        self.errors: list[str] = []
+
+    @contextmanager
+    def page(self, url: str, failure_png: str = "browser-failure.png") -> Iterator:
+        """A new 1400x1000 page on ``url``; whatever fails in the block leaves a full-page screenshot in
+        ARTIFACTS/``failure_png``. The page stays open: the browser's closing ends it."""
+        page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        try:
+            page.goto(url, wait_until="domcontentloaded")
+            yield page
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / failure_png), full_page=True)
+            raise
+
+
+@contextmanager
+def browser_session() -> Iterator[BrowserSession]:
+    """Chromium through Playwright, closed after the block; then no page may have had a JavaScript error."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        session = BrowserSession(p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True))
+        try:
+            yield session
+        finally:
+            session.browser.close()
+    assert not session.errors, f"JavaScript errors on the page: {session.errors}"
+
+
+@contextmanager
+def browser_page(url: str, failure_png: str = "browser-failure.png") -> Iterator:
+    """One page on ``url`` in its own browser (see ``browser_session`` and ``BrowserSession.page``)."""
+    with browser_session() as session, session.page(url, failure_png) as page:
+        yield page
 
 
 def _fake_history(epochs: int = 6) -> dict:
@@ -107,84 +152,71 @@ def _plotly_count(page, selector: str) -> int:
 
 
 def test_click_sample_then_every_tab_renders(app_url):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        try:
-            page.goto(app_url, wait_until="domcontentloaded")
-            samples = page.locator("#samples")
-            expect(samples).to_be_visible(timeout=30_000)
-            # Samples are in class order, three per class: the 10th is cat_0.png.
-            samples.locator("img").nth(9).click()
+    with browser_page(app_url) as page:
+        samples = page.locator("#samples")
+        expect(samples).to_be_visible(timeout=30_000)
+        # Samples are in class order, three per class: the 10th is cat_0.png.
+        samples.locator("img").nth(9).click()
 
-            # The prediction: gr.Label shows the top-5 class names.
-            prediction = page.locator("#prediction")
-            expect(prediction.get_by_text("%").first).to_be_visible(timeout=60_000)
-            expect(page.locator("#true-class")).to_contain_text("True class: cat", timeout=30_000)
-            # The 32x32 image the model saw and the four Grad-CAM overlays.
-            expect(page.locator("#seen-image img")).to_be_visible(timeout=30_000)
-            gallery_images = page.locator("#gradcam-gallery img")
-            expect(gallery_images).to_have_count(4, timeout=60_000)
-            for i in range(4):
-                expect(gallery_images.nth(i)).to_have_js_property("complete", True)
-                assert gallery_images.nth(i).evaluate("img => img.naturalWidth") > 0
-            expect(page.get_by_text("layer4 · 4x4").first).to_be_visible()
+        # The prediction: gr.Label shows the top-5 class names.
+        prediction = page.locator("#prediction")
+        expect(prediction.get_by_text("%").first).to_be_visible(timeout=60_000)
+        expect(page.locator("#true-class")).to_contain_text("True class: cat", timeout=30_000)
+        # The 32x32 image the model saw and the four Grad-CAM overlays.
+        expect(page.locator("#seen-image img")).to_be_visible(timeout=30_000)
+        gallery_images = page.locator("#gradcam-gallery img")
+        expect(gallery_images).to_have_count(4, timeout=60_000)
+        for i in range(4):
+            expect(gallery_images.nth(i)).to_have_js_property("complete", True)
+            assert gallery_images.nth(i).evaluate("img => img.naturalWidth") > 0
+        expect(page.get_by_text("layer4 · 4x4").first).to_be_visible()
 
-            open_tab(page, "Feature maps")
-            page.wait_for_function(
-                "() => document.querySelectorAll('.feature-plot .js-plotly-plot svg.main-svg').length >= 5",
-                timeout=60_000,
-            )
+        open_tab(page, "Feature maps")
+        page.wait_for_function(
+            "() => document.querySelectorAll('.feature-plot .js-plotly-plot svg.main-svg').length >= 5",
+            timeout=60_000,
+        )
 
-            page.screenshot(path=str(ARTIFACTS / "browser-features.png"), full_page=True)
-            open_tab(page, "Residual blocks")
-            page.wait_for_function(
-                "() => document.querySelectorAll('.anatomy-plot .js-plotly-plot svg.main-svg').length >= 2",
-                timeout=60_000,
-            )
-            assert page.locator(".anatomy-plot .js-plotly-plot .bars path").count() >= 16  # one bar per block
+        page.screenshot(path=str(ARTIFACTS / "browser-features.png"), full_page=True)
+        open_tab(page, "Residual blocks")
+        page.wait_for_function(
+            "() => document.querySelectorAll('.anatomy-plot .js-plotly-plot svg.main-svg').length >= 2",
+            timeout=60_000,
+        )
+        assert page.locator(".anatomy-plot .js-plotly-plot .bars path").count() >= 16  # one bar per block
 
-            page.screenshot(path=str(ARTIFACTS / "browser-blocks.png"), full_page=True)
-            open_tab(page, "Training curves")
-            page.wait_for_function(
-                "() => document.querySelectorAll('#training-plot .js-plotly-plot svg.main-svg').length >= 1",
-                timeout=30_000,
-            )
-            expect(page.locator("#training-plot").get_by_text("seed notebook 75.6%")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "browser-blocks.png"), full_page=True)
+        open_tab(page, "Training curves")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#training-plot .js-plotly-plot svg.main-svg').length >= 1",
+            timeout=30_000,
+        )
+        expect(page.locator("#training-plot").get_by_text("seed notebook 75.6%")).to_be_visible()
 
-            page.screenshot(path=str(ARTIFACTS / "browser-training.png"), full_page=True)
-            open_tab(page, "The model")
-            expect(page.locator("#architecture").get_by_text("layer4").first).to_be_visible(timeout=10_000)
-            expect(page.locator("#model-card").get_by_text("Data set")).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "browser-model.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-training.png"), full_page=True)
+        open_tab(page, "The model")
+        expect(page.locator("#architecture").get_by_text("layer4").first).to_be_visible(timeout=10_000)
+        expect(page.locator("#model-card").get_by_text("Data set")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "browser-model.png"), full_page=True)
 
-            _insight_tabs(page)
+        _insight_tabs(page)
 
-            open_tab(page, "Grad-CAM")
-            expect(gallery_images).to_have_count(4)
-            page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
+        open_tab(page, "Grad-CAM")
+        expect(gallery_images).to_have_count(4)
+        page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
 
-            # A bad upload: the user reads why, and the page keeps working.
-            page.locator("#input-image button[aria-label='Remove Image']").first.click()
-            bad = ARTIFACTS / "not-an-image.png"
-            bad.write_bytes(b"this is text, not pixels\n" * 10)
-            page.locator("#input-image input[type=file]").set_input_files(str(bad))
-            expect(page.get_by_text("not an image we can read").first).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "browser-bad-upload.png"))
-            page.locator("#input-image button[aria-label='Remove Image']").first.click()
-            page.locator("#input-image input[type=file]").set_input_files(str(SAMPLE_DIR / "ship_0.png"))
-            expect(page.locator("#true-class")).to_contain_text("True class: ship", timeout=60_000)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+        # A bad upload: the user reads why, and the page keeps working.
+        page.locator("#input-image button[aria-label='Remove Image']").first.click()
+        bad = ARTIFACTS / "not-an-image.png"
+        bad.write_bytes(b"this is text, not pixels\n" * 10)
+        page.locator("#input-image input[type=file]").set_input_files(str(bad))
+        expect(page.get_by_text("not an image we can read").first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "browser-bad-upload.png"))
+        page.locator("#input-image button[aria-label='Remove Image']").first.click()
+        page.locator("#input-image input[type=file]").set_input_files(str(SAMPLE_DIR / "ship_0.png"))
+        expect(page.locator("#true-class")).to_contain_text("True class: ship", timeout=60_000)
 
 
 def _wait_plots(page, selector: str, n: int = 1, timeout: int = 30_000) -> None:

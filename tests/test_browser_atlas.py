@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _browser_or_fail, _images_loaded, _wait_plots, open_tab
+from test_browser import ARTIFACTS, _browser_or_fail, _images_loaded, _wait_plots, browser_page, open_tab
 
 from insight import atlas
 from resnet.constants import CLASSES
@@ -40,7 +40,7 @@ def _shown(locator, n: int) -> None:
 
 
 def test_pick_a_channel_and_see_its_top_test_images(server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     _browser_or_fail()
     shipped = atlas.load_atlas(ROOT / "assets" / atlas.ATLAS_FILE)
@@ -49,52 +49,39 @@ def test_pick_a_channel_and_see_its_top_test_images(server):
     n_top = int((stage.top_values[channel] > 0).sum())
     first = int(stage.top_rows[channel, 0])
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        try:
-            page.goto(server, wait_until="domcontentloaded")
-            expect(page.locator("#samples")).to_be_visible(timeout=30_000)
-            page.locator("#samples img").nth(9).click()  # cat_0.png
-            expect(page.locator("#true-class")).to_contain_text("True class: cat", timeout=60_000)
+    with browser_page(server, failure_png="browser-atlas-failure.png") as page:
+        expect(page.locator("#samples")).to_be_visible(timeout=30_000)
+        page.locator("#samples img").nth(9).click()  # cat_0.png
+        expect(page.locator("#true-class")).to_contain_text("True class: cat", timeout=60_000)
 
-            open_tab(page, "Feature maps")
-            expect(page.locator("#atlas-overview")).to_contain_text("dead", timeout=60_000)
-            expect(page.locator("#atlas-overview")).to_contain_text(f"{shipped.n_images:,} images of the CIFAR-10")
-            # The shortcut: the current image's most active layer4 channels, as overlays.
-            _shown(page.locator("#atlas-shortcut img"), 8)
+        open_tab(page, "Feature maps")
+        expect(page.locator("#atlas-overview")).to_contain_text("dead", timeout=60_000)
+        expect(page.locator("#atlas-overview")).to_contain_text(f"{shipped.n_images:,} images of the CIFAR-10")
+        # The shortcut: the current image's most active layer4 channels, as overlays.
+        _shown(page.locator("#atlas-shortcut img"), 8)
 
-            # Pick a stage and a channel, then show it.
-            page.locator("#atlas-stage input").click()
-            page.get_by_role("option", name=STAGE, exact=True).click()
-            expect(page.locator("#atlas-channel input")).to_have_value("0", timeout=10_000)  # 0 fits every stage
-            page.locator("#atlas-channel input").fill(str(channel))
-            page.locator("#atlas-show").click()
-            expect(page.locator("#atlas-note")).to_contain_text(f"{STAGE} channel {channel}", timeout=60_000)
-            _shown(page.locator("#atlas-gallery img"), n_top)
-            caption = page.locator("#atlas-gallery img").first.get_attribute("alt")
-            assert caption.startswith(f"{CLASSES[int(shipped.labels[first])]} / ") and f" · #{first} · " in caption
-            _wait_plots(page, "#atlas-class-means")
-            expect(page.locator("#atlas-class-means")).to_contain_text(f"{STAGE} channel {channel}")
-            expect(page.locator("#atlas-current img")).to_be_visible(timeout=30_000)
-            expect(page.locator("#atlas-current-note")).to_contain_text(f"{STAGE} channel {channel} on the current image")
-            page.screenshot(path=str(ARTIFACTS / "browser-atlas.png"), full_page=True)
+        # Pick a stage and a channel, then show it.
+        page.locator("#atlas-stage input").click()
+        page.get_by_role("option", name=STAGE, exact=True).click()
+        expect(page.locator("#atlas-channel input")).to_have_value("0", timeout=10_000)  # 0 fits every stage
+        page.locator("#atlas-channel input").fill(str(channel))
+        page.locator("#atlas-show").click()
+        expect(page.locator("#atlas-note")).to_contain_text(f"{STAGE} channel {channel}", timeout=60_000)
+        _shown(page.locator("#atlas-gallery img"), n_top)
+        caption = page.locator("#atlas-gallery img").first.get_attribute("alt")
+        assert caption.startswith(f"{CLASSES[int(shipped.labels[first])]} / ") and f" · #{first} · " in caption
+        _wait_plots(page, "#atlas-class-means")
+        expect(page.locator("#atlas-class-means")).to_contain_text(f"{STAGE} channel {channel}")
+        expect(page.locator("#atlas-current img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#atlas-current-note")).to_contain_text(f"{STAGE} channel {channel} on the current image")
+        page.screenshot(path=str(ARTIFACTS / "browser-atlas.png"), full_page=True)
 
-            # The shortcut: click the image's most active layer4 channel, see what else excites it.
-            caption = page.locator("#atlas-shortcut img").first.get_attribute("alt")  # the item's caption
-            picked = int(caption.split("layer4 ch ")[1].split()[0])
-            page.locator("#atlas-shortcut img").first.click()
-            expect(page.locator("#atlas-note")).to_contain_text(f"layer4 channel {picked}", timeout=60_000)
-            expect(page.locator("#atlas-channel input")).to_have_value(str(picked))
-            n_picked = int((shipped.stages["layer4"].top_values[picked] > 0).sum())
-            _shown(page.locator("#atlas-gallery img"), n_picked)
-            page.screenshot(path=str(ARTIFACTS / "browser-atlas-shortcut.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "browser-atlas-failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+        # The shortcut: click the image's most active layer4 channel, see what else excites it.
+        caption = page.locator("#atlas-shortcut img").first.get_attribute("alt")  # the item's caption
+        picked = int(caption.split("layer4 ch ")[1].split()[0])
+        page.locator("#atlas-shortcut img").first.click()
+        expect(page.locator("#atlas-note")).to_contain_text(f"layer4 channel {picked}", timeout=60_000)
+        expect(page.locator("#atlas-channel input")).to_have_value(str(picked))
+        n_picked = int((shipped.stages["layer4"].top_values[picked] > 0).sum())
+        _shown(page.locator("#atlas-gallery img"), n_picked)
+        page.screenshot(path=str(ARTIFACTS / "browser-atlas-shortcut.png"), full_page=True)

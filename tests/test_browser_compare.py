@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _browser_or_fail, _images_loaded, _wait_plots, open_tab
+from test_browser import ARTIFACTS, _browser_or_fail, _images_loaded, _wait_plots, browser_session, open_tab
 from test_compare import theirs  # noqa: F401  (the fixture: a DDP float16 checkpoint of a random ResNet-50)
 
 from conftest import start_app
@@ -25,10 +25,10 @@ def app(tmp_path_factory):
         yield url, uploads
 
 
-def on_compare_tab(page, url: str, sample: int | None = None):
+def on_compare_tab(page, sample: int | None = None):
+    """From the page just opened: pick a sample (if given), open the Compare tab."""
     from playwright.sync_api import expect
 
-    page.goto(url, wait_until="domcontentloaded")
     expect(page.locator("#samples")).to_be_visible(timeout=30_000)
     if sample is not None:
         page.locator("#samples").locator("img").nth(sample).click()
@@ -38,17 +38,12 @@ def on_compare_tab(page, url: str, sample: int | None = None):
 
 
 def test_upload_a_second_checkpoint_and_see_two_columns_of_maps(app, theirs: Path) -> None:  # noqa: F811
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, uploads = app
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        try:
-            on_compare_tab(page, url, sample=9)  # cat_0.png
+    with browser_session() as browser:
+        with browser.page(url, failure_png="browser-compare-failure.png") as page:
+            on_compare_tab(page, sample=9)  # cat_0.png
             page.locator("#compare-weights input[type=file]").set_input_files(str(theirs))
 
             # Two columns of four maps, side by side, each under its model's top-5.
@@ -71,9 +66,6 @@ def test_upload_a_second_checkpoint_and_see_two_columns_of_maps(app, theirs: Pat
             expect(page.locator("#compare-note")).to_contain_text("explain dog (the class you chose)", timeout=60_000)
             _images_loaded(page.locator("#compare-yours-cams img"), 4)
             page.screenshot(path=str(ARTIFACTS / "browser-compare.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "browser-compare-failure.png"), full_page=True)
-            raise
         page.close()
         # Closing the page ends the session: its model is freed and the uploaded file deleted.
         deadline = time.time() + 60
@@ -82,19 +74,11 @@ def test_upload_a_second_checkpoint_and_see_two_columns_of_maps(app, theirs: Pat
         assert not list(uploads.rglob(theirs.name)), "the upload outlived its session"
 
         # A file that is no checkpoint: one sentence, and the tab keeps working.
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
         empty = ARTIFACTS / "empty.pt"
         empty.write_bytes(b"")
-        try:
-            on_compare_tab(page, url)
+        with browser.page(url, failure_png="browser-compare-failure.png") as page:
+            on_compare_tab(page)
             page.locator("#compare-weights input[type=file]").set_input_files(str(empty))
             expect(page.get_by_text("empty.pt is empty (0 bytes).").first).to_be_visible(timeout=30_000)
             expect(page.locator("#compare-note")).to_contain_text("Upload a ResNet-50 checkpoint")
             page.screenshot(path=str(ARTIFACTS / "browser-compare-refused.png"))
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "browser-compare-failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _browser_or_fail, _images_loaded, _wait_plots, open_tab
+from test_browser import ARTIFACTS, _browser_or_fail, _images_loaded, _wait_plots, browser_page, open_tab
 from test_replay import assets_with
 
 from conftest import start_app
@@ -61,68 +61,55 @@ def _settled(locator, page) -> str:
 
 
 def test_scrub_play_and_follow_the_replay(app, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     app_url, replay = app
     n = len(replay)
-    ARTIFACTS.mkdir(exist_ok=True)
     own = tmp_path / "my_own.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(own)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        try:
-            page.goto(app_url, wait_until="domcontentloaded")
-            expect(page.locator("#samples")).to_be_visible(timeout=30_000)
-            expect(page.locator("#true-class")).to_contain_text("True class", timeout=60_000)
-            open_tab(page, "How it learned")
+    with browser_page(app_url, failure_png="browser-replay-failure.png") as page:
+        expect(page.locator("#samples")).to_be_visible(timeout=30_000)
+        expect(page.locator("#true-class")).to_contain_text("True class", timeout=60_000)
+        open_tab(page, "How it learned")
 
-            # Opened on the last snapshot: the model as it is served, for the page's opening example.
-            when = page.locator("#replay-when")
-            expect(when).to_contain_text(f"Snapshot {n} of {n}: {replay.label(n - 1)}", timeout=30_000)
-            expect(when).to_contain_text("airplane_0.png")
-            for plot in PLOTS:
-                _wait_plots(page, plot)
-            expect(page.locator("#replay-confusion")).to_contain_text(f"after epoch {replay.eval_epoch[-1]}")
-            at_the_end = _map_sources(page)
-            expect(page.locator("#replay-cams").get_by_text("layer4 · true airplane").first).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "browser-replay.png"), full_page=True)
+        # Opened on the last snapshot: the model as it is served, for the page's opening example.
+        when = page.locator("#replay-when")
+        expect(when).to_contain_text(f"Snapshot {n} of {n}: {replay.label(n - 1)}", timeout=30_000)
+        expect(when).to_contain_text("airplane_0.png")
+        for plot in PLOTS:
+            _wait_plots(page, plot)
+        expect(page.locator("#replay-confusion")).to_contain_text(f"after epoch {replay.eval_epoch[-1]}")
+        at_the_end = _map_sources(page)
+        expect(page.locator("#replay-cams").get_by_text("layer4 · true airplane").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "browser-replay.png"), full_page=True)
 
-            # Back to the initialisation: other maps, and no evaluation yet.
-            box = page.locator("#replay-slider input[type=number]")
-            box.fill("0")
-            expect(when).to_contain_text(f"Snapshot 1 of {n}: initialisation", timeout=30_000)
-            expect(page.locator("#replay-confusion")).to_contain_text("No evaluation yet", timeout=30_000)
-            at_the_start = _maps_other_than(page, at_the_end)
-            page.screenshot(path=str(ARTIFACTS / "browser-replay-start.png"), full_page=True)
+        # Back to the initialisation: other maps, and no evaluation yet.
+        box = page.locator("#replay-slider input[type=number]")
+        box.fill("0")
+        expect(when).to_contain_text(f"Snapshot 1 of {n}: initialisation", timeout=30_000)
+        expect(page.locator("#replay-confusion")).to_contain_text("No evaluation yet", timeout=30_000)
+        at_the_start = _maps_other_than(page, at_the_end)
+        page.screenshot(path=str(ARTIFACTS / "browser-replay-start.png"), full_page=True)
 
-            # Play walks forward one snapshot at a time; Pause stops it.
-            page.locator("#replay-play").click()
-            expect(when).to_contain_text(f"Snapshot 3 of {n}", timeout=30_000)
-            page.locator("#replay-play").click()
-            expect(page.locator("#replay-play")).to_have_text("▶ Play", timeout=10_000)
-            stopped_at = int(_settled(when, page).split()[1])
-            assert 3 <= stopped_at < n, "paused before the end"
-            expect(page.locator("#replay-slider input[type=number]")).to_have_value(str(stopped_at - 1))
-            _maps_other_than(page, at_the_start)
+        # Play walks forward one snapshot at a time; Pause stops it.
+        page.locator("#replay-play").click()
+        expect(when).to_contain_text(f"Snapshot 3 of {n}", timeout=30_000)
+        page.locator("#replay-play").click()
+        expect(page.locator("#replay-play")).to_have_text("▶ Play", timeout=10_000)
+        stopped_at = int(_settled(when, page).split()[1])
+        assert 3 <= stopped_at < n, "paused before the end"
+        expect(page.locator("#replay-slider input[type=number]")).to_have_value(str(stopped_at - 1))
+        _maps_other_than(page, at_the_start)
 
-            # A probe image chosen above is followed here.
-            page.locator("#samples").locator("img").nth(24).click()  # ship_0.png
-            expect(when).to_contain_text("ship_0.png", timeout=60_000)
-            expect(page.locator("#replay-note")).to_have_text("", timeout=10_000)
+        # A probe image chosen above is followed here.
+        page.locator("#samples").locator("img").nth(24).click()  # ship_0.png
+        expect(when).to_contain_text("ship_0.png", timeout=60_000)
+        expect(page.locator("#replay-note")).to_have_text("", timeout=10_000)
 
-            # An image of one's own has no replay: the tab says so and keeps showing a probe.
-            page.locator("#input-image button[aria-label='Remove Image']").first.click()
-            expect(page.locator("#replay-note")).to_contain_text("No image chosen", timeout=60_000)
-            page.locator("#input-image input[type=file]").set_input_files(str(own))
-            expect(page.locator("#replay-note")).to_contain_text("not one of the 30 probe images", timeout=60_000)
-            expect(when).to_contain_text("ship_0.png")
-            page.screenshot(path=str(ARTIFACTS / "browser-replay-own-image.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "browser-replay-failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+        # An image of one's own has no replay: the tab says so and keeps showing a probe.
+        page.locator("#input-image button[aria-label='Remove Image']").first.click()
+        expect(page.locator("#replay-note")).to_contain_text("No image chosen", timeout=60_000)
+        page.locator("#input-image input[type=file]").set_input_files(str(own))
+        expect(page.locator("#replay-note")).to_contain_text("not one of the 30 probe images", timeout=60_000)
+        expect(when).to_contain_text("ship_0.png")
+        page.screenshot(path=str(ARTIFACTS / "browser-replay-own-image.png"), full_page=True)

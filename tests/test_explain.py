@@ -19,18 +19,12 @@ from resnet import CLASSES, STAGE_NAMES, resnet50
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared 2-core box, a 2-thread OpenMP team in the main thread stalls
-    # badly whenever another process takes a core; one thread keeps these
-    # tests' run time steady. Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(single_torch_thread):
+    """One torch thread for the whole module (conftest's ``single_torch_thread``)."""
 
 
 @pytest.fixture(scope="module")
-def model(one_thread):
+def model(single_torch_thread):
     torch.manual_seed(0)
     # zero_init_residual=False: with zero-init every block is the identity and
     # Grad-CAM of later stages would be a trivial function of earlier ones.

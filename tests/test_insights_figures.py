@@ -79,7 +79,7 @@ def test_reliability_diagram_without_temperature_has_one_curve() -> None:
 def test_confidence_histogram_splits_right_and_wrong() -> None:
     ev = make_evaluation()
     fig = confidence_histogram_figure(ev)
-    wrong = sum(l != p for l, p in zip(ev["predictions"]["label"], ev["predictions"]["pred"]))
+    wrong = sum(label != pred for label, pred in zip(ev["predictions"]["label"], ev["predictions"]["pred"]))
     assert [t.name for t in fig.data] == ["correct", "wrong"]
     assert len(fig.data[1].x) == wrong
     serialisable(fig)

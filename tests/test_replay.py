@@ -30,11 +30,8 @@ SIDES = {"layer1": 32, "layer2": 16, "layer3": 8, "layer4": 4}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(single_torch_thread):
+    """One torch thread for the whole module (conftest's ``single_torch_thread``)."""
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +42,7 @@ def probes():
 
 
 @pytest.fixture(scope="module")
-def model(one_thread):
+def model(single_torch_thread):
     # A small readout keeps the random net's softmax unsaturated, so classes differ in probability.
     return nonidentity_resnet50(seed=0, readout_scale=0.1)
 
