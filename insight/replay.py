@@ -14,9 +14,9 @@ side) for the predicted and for the true class, and ||F(x)|| / ||x|| of the 16
 blocks; for the whole model: the mean |gamma| of each block's last BatchNorm,
 which starts at zero (zero-init residual) and shows when each block wakes up.
 
-Grad-CAM is computed here in plain torch, batched over the probe set, because
-training runs on a box without captum's matplotlib; a test shows it equals
-Captum's ``LayerGradCam`` (``insight.gradcam.analyze``).
+Grad-CAM comes from ``insight.gradcam.GradCamPass``: plain torch, batched over
+the probe set (training runs on a box without captum's matplotlib), equal to
+Captum's ``LayerGradCam`` (tested).
 
 On disk the replay is an LZMA-compressed ``.npz`` without pickles:
 probabilities and ratios in float16, each Grad-CAM map as uint8 on 0..127 of
@@ -44,6 +44,8 @@ from resnet.constants import CLASSES, NUM_CLASSES
 from resnet.files import atomic_write_bytes
 from resnet.model import STAGE_NAMES, ResNet
 from resnet.preprocess import images_to_pixels, normalise
+
+from .gradcam import GradCamPass
 
 REPLAY_FILE = "replay.npz"
 FORMAT = 1
@@ -133,49 +135,23 @@ def probe_snapshot(model: ResNet, images: Tensor | np.ndarray, labels: Tensor | 
                 module.training = training
 
 
-def _norms(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.float().flatten(1), dim=1)
-
-
 def _snapshot(model: ResNet, x: Tensor, labels: Tensor) -> dict[str, np.ndarray]:
-    blocks = model.blocks()
-    ratios: list[Tensor] = []
-    stages: list[Tensor] = []
-    with torch.no_grad():
-        x = model.forward_stem(x)
-    for stage in STAGE_NAMES:
-        # Nothing below layer1's output needs a gradient (its Grad-CAM is taken
-        # there), so layer1 runs without a graph and its output becomes the leaf.
-        with torch.set_grad_enabled(stage != STAGE_NAMES[0]):
-            for name, block in blocks.items():
-                if name.split(".")[0] != stage:
-                    continue
-                residual, shortcut = block.residual(x), block.shortcut(x)
-                ratios.append(_norms(residual.detach()) / _norms(shortcut.detach()).clamp_min(1e-12))
-                x = block.relu3(residual + shortcut)
-        if stage == STAGE_NAMES[0]:
-            x = x.detach().requires_grad_(True)
-        stages.append(x)
-    logits = model.forward_head(x).float()
-    pred = logits.detach().argmax(1)
-    cams: dict[str, np.ndarray] = {}
-    for i, (target, cls) in enumerate((("pred", pred), ("true", labels))):
-        chosen = logits.gather(1, cls[:, None]).sum()  # examples are independent: one backward serves the batch
-        grads = torch.autograd.grad(chosen, stages, retain_graph=i == 0)
-        for stage, act, grad in zip(STAGE_NAMES, stages, grads):
-            # Grad-CAM (Selvaraju et al.): channel weights = spatially averaged gradients.
-            weights = grad.mean(dim=(2, 3), keepdim=True)
-            cam = torch.relu((weights * act.detach()).sum(1))
-            cams[cam_key(target, stage)] = cam.float().cpu().numpy()
-    gamma = torch.stack([b.bn3.weight.detach().abs().float().mean() for b in blocks.values()])
-    out = {
-        "probs": torch.softmax(logits.detach(), 1).cpu().numpy().astype(np.float32),
+    run = GradCamPass(model, x)  # one forward for the batch; each target class is one backward
+    try:
+        pred = run.predicted
+        cams = {cam_key(target, stage): cam.cpu().numpy()
+                for target, classes in (("pred", pred), ("true", labels))
+                for stage, cam in run.cams(classes).items()}
+    finally:
+        run.close()
+    gamma = torch.stack([b.bn3.weight.detach().abs().float().mean() for b in model.blocks().values()])
+    return {
+        "probs": torch.softmax(run.logits, 1).cpu().numpy().astype(np.float32),
         "pred": pred.cpu().numpy().astype(np.int64),
         **cams,
-        "block_ratios": torch.stack(ratios, 1).cpu().numpy().astype(np.float32),
+        "block_ratios": run.block_ratios.cpu().numpy().astype(np.float32),
         "bn3_gamma": gamma.cpu().numpy().astype(np.float32),
     }
-    return out
 
 
 # ----- quantisation: what goes to disk ------------------------------------------------------
