@@ -99,6 +99,26 @@ def read_card(assets_dir: Path | str = ASSETS_DIR) -> dict[str, Any]:
         raise WeightsError(f"The model card is unreadable: {exc}") from exc
 
 
+def check_card(card: dict[str, Any]) -> None:
+    """Refuse weights whose model card names another data contract (classes, mean/std, input size)."""
+    for key, expected in data_contract().items():
+        if key in card and card[key] != expected:
+            raise WeightsError(
+                f"The model card says {key}={card[key]!r} but this code uses {expected!r}; "
+                "the weights were trained for another data contract."
+            )
+
+
+def load_weights(path: Path | str) -> Checkpoint:
+    """Weights a command evaluates: ours or anyone's checkpoint (see ``load_checkpoint``),
+    refused when a model card beside them names another data contract."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"No weights file at {path}. {HOW_TO_GET_WEIGHTS}")
+    check_card(read_card(path.parent))
+    return load_checkpoint(path)
+
+
 def load_pretrained(path: Path | str | None = None) -> tuple[ResNet, dict[str, Any]]:
     """The shipped model in eval mode (float32) and its model card.
 
@@ -108,13 +128,7 @@ def load_pretrained(path: Path | str | None = None) -> tuple[ResNet, dict[str, A
     path = Path(path) if path is not None else ASSETS_DIR
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     card = read_card(weights.parent)
-    contract = data_contract()
-    for key, expected in contract.items():
-        if key in card and card[key] != expected:
-            raise WeightsError(
-                f"The model card says {key}={card[key]!r} but this code uses {expected!r}; "
-                "the weights were trained for another data contract."
-            )
+    check_card(card)
     arch = card.get("architecture", {})
     model = load_model(weights, stem=arch.get("stem", "cifar"), num_classes=len(CLASSES))
     return model, card

@@ -153,6 +153,24 @@ def test_evaluate_cli_writes_evaluation_and_gallery(tiny_cifar, tiny_data, tmp_p
     assert np.array_equal(gallery["images"], tiny_data.test.images[gallery["index"]])
 
 
+def test_evaluate_cli_takes_a_checkpoint_trained_elsewhere(tiny_cifar, tmp_path):
+    """What `app.py --weights theirs.pt --evaluation DIR` needs: an evaluation made for their file."""
+    import hashlib
+
+    torch.manual_seed(1)
+    theirs = tmp_path / "theirs.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in resnet50().state_dict().items()}}, theirs)
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.evaluate", "--weights", str(theirs), "--data", str(tiny_cifar.archive),
+         "--out", str(tmp_path / "eval"), "--device", "cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=ONE_THREAD,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["weights"] == "theirs.pt"
+    assert report["weights_sha256"] == hashlib.sha256(theirs.read_bytes()).hexdigest()
+
+
 def test_evaluate_cli_names_a_missing_weights_file(tiny_cifar, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "train.evaluate", "--weights", str(tmp_path / "none.safetensors"),

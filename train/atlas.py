@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from insight.atlas import ATLAS_FILE, SIZE_TARGET, atlas_bytes, compute_atlas, sha256_of, stage_summary
 from resnet.files import atomic_write_bytes
-from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, load_pretrained
+from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, load_weights
 
 from .data import DataError, Split, load_cifar10
 from .inference import exact_float32, resolve_device
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     from .config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m train.atlas", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", default=str(ASSETS_DIR / WEIGHTS_FILE), help="safetensors weights file")
+    parser.add_argument("--weights", default=str(ASSETS_DIR / WEIGHTS_FILE),
+                        help="weights: ours (safetensors) or any ResNet-50 checkpoint python app.py --weights accepts")
     parser.add_argument("--data", default=TrainConfig.data, help="CIFAR-10 path (any layout python -m train accepts)")
     parser.add_argument("--out", default=str(ASSETS_DIR), help=f"folder for {ATLAS_FILE}")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -115,11 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-        # load_pretrained also checks the model card's data contract and stem, when there is one.
-        model, _ = load_pretrained(args.weights)
+        weights = load_weights(args.weights)  # ours or anyone's checkpoint; a model card beside them is checked
         data = load_cifar10(args.data)
-        summary = write_atlas(model, data.test, args.out, device=device, batch_size=args.batch_size,
-                              dataset=f"{data.name} test split", weights_sha256=sha256_of(args.weights))
+        summary = write_atlas(weights.model, data.test, args.out, device=device, batch_size=args.batch_size,
+                              dataset=f"{data.name} test split", weights_sha256=weights.sha256)
     except (DataError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

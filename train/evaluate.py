@@ -16,7 +16,6 @@ Runs on any device; 10,000 images on the 2-core CPU take ~4 min per pass
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import sys
 import time
@@ -32,7 +31,7 @@ from insight.calibration import expected_calibration_error, fit_temperature, rel
 from insight.testset import EVALUATION_FILE, GALLERY_FILE
 from resnet.constants import CLASSES
 from resnet.files import atomic_write_bytes, atomic_write_json
-from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, load_pretrained
+from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, load_weights
 
 from .data import DataError, Split, load_cifar10
 from .inference import exact_float32, predict_logits, resolve_device
@@ -160,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     from .config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", default=str(ASSETS_DIR / WEIGHTS_FILE), help="safetensors weights file")
+    parser.add_argument("--weights", default=str(ASSETS_DIR / WEIGHTS_FILE),
+                        help="weights: ours (safetensors) or any ResNet-50 checkpoint python app.py --weights accepts")
     parser.add_argument("--data", default=TrainConfig.data, help="CIFAR-10 path (any layout python -m train accepts)")
     parser.add_argument("--out", default=str(ASSETS_DIR), help=f"folder for {EVALUATION_FILE} and {GALLERY_FILE}")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -172,17 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         data = load_cifar10(args.data)
         test = class_balanced_subset(data.test, args.per_class) if args.per_class > 0 else data.test
-        # load_pretrained also checks the model card's data contract and stem, when there is one.
-        model, _ = load_pretrained(args.weights)
-        weights = Path(args.weights)
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        # Ours or anyone's checkpoint (a model card beside them is checked): --evaluation for `app.py --weights`.
+        weights = load_weights(args.weights)
         dataset = f"{data.name} test split" + (f", first {args.per_class} images of each class" if args.per_class > 0 else "")
         start = time.perf_counter()
         report, index = evaluate_model(
-            model, test, dataset=dataset, weights=weights.name, device=device,
+            weights.model, test, dataset=dataset, weights=weights.name, device=device,
             batch_size=args.batch_size, channels_last=args.channels_last,
         )
-        report["weights_sha256"] = digest
+        report["weights_sha256"] = weights.sha256
         write_evaluation(Path(args.out), report, test.images, index)
     except (DataError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
