@@ -27,10 +27,13 @@ the mean of the other nine. Class means are >= 0 after a ReLU, so SI lies in
 The file (``atlas_bytes`` / ``load_atlas``) is one .npz: the arrays above, the
 labels of all test images, and only the test images some channel's top list
 points at with a positive activation (a dead channel's "top images" are
-arbitrary zeros and are not shipped). Those images are stored losslessly as
-WebP (Pillow's lossless mode): for the 6,090 test images the CPU-trained
-weights reference that is 9.1 MiB against 16.6 MiB of deflated raw pixels, and
-it is what keeps the file under ``SIZE_TARGET``. A JSON ``meta`` entry says
+arbitrary zeros and are not shipped). Each image is stored as the data set's own
+file for it when one is given and decodes to exactly its pixels (the offline
+pack's JPEGs: 0.92 KB each), else losslessly as WebP (1.57 KB each); either
+way the app gets back the very pixels the network saw. All 10,000 test images
+as their JPEG files would be 9.2 MB, so the file stays under ``SIZE_TARGET``
+whichever images a model's channels pick (6,090 lossless WebP images were
+9.1 MiB against 16.6 MiB of deflated raw pixels). A JSON ``meta`` entry says
 which weights (sha256) and data set it was computed from and how long it took.
 
 torch, numpy and Pillow only: ``python -m train.atlas`` runs it on a bare GPU box.
@@ -44,7 +47,7 @@ import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -252,27 +255,44 @@ def referenced_rows(stages: dict[str, StageAtlas]) -> np.ndarray:
 
 # ----- the file ----------------------------------------------------------------------------
 
-IMAGE_FORMAT = "webp-lossless"
+IMAGE_FORMAT = "image-files"  # each image an encoded file Pillow reads back to exactly its pixels
 
 
-def encode_images(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (M, 32, 32, 3) -> (one uint8 blob of lossless WebP files, int64 offsets (M + 1,)).
+def encode_images(images: np.ndarray, sources: Sequence[bytes | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (M, 32, 32, 3) -> (one uint8 blob of image files, int64 offsets (M + 1,)).
 
-    Pillow's ``method=1`` packs CIFAR images a little tighter than its slowest
-    setting (1.51 against 1.57 KB each on 500 test images) in 1/50th of the time.
+    ``sources[i]``, when given, is the data set's own file of image i (e.g. the
+    offline pack's JPEG): it is stored as it is if it decodes to exactly the
+    image's pixels, the smallest lossless choice. Otherwise the image becomes a
+    lossless WebP; Pillow's ``method=1`` packs CIFAR images a little tighter than
+    its slowest setting (1.51 against 1.57 KB each on 500 test images) in 1/50th
+    of the time.
     """
     from PIL import Image
 
     parts = []
-    for image in images:
+    for i, image in enumerate(images):
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        source = sources[i] if sources is not None else None
+        if source is not None and _decodes_to(source, image):
+            parts.append(bytes(source))
+            continue
         buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(
-            buffer, format="WEBP", lossless=True, quality=100, method=1
-        )
+        Image.fromarray(image).save(buffer, format="WEBP", lossless=True, quality=100, method=1)
         parts.append(buffer.getvalue())
     offsets = np.zeros(len(parts) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(p) for p in parts])
     return np.frombuffer(b"".join(parts), dtype=np.uint8).copy(), offsets
+
+
+def _decodes_to(data: bytes, image: np.ndarray) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.array_equal(np.asarray(im.convert("RGB"), dtype=np.uint8), image)
+    except Exception:  # an unreadable source is simply not used
+        return False
 
 
 def decode_image(blob: np.ndarray, offsets: np.ndarray, i: int) -> np.ndarray:
@@ -293,9 +313,10 @@ def decode_image(blob: np.ndarray, offsets: np.ndarray, i: int) -> np.ndarray:
 STAGE_ARRAYS = ("grid", "top_rows", "top_values", "top_cells", "class_means")
 
 
-def atlas_arrays(atlas: Atlas) -> dict[str, np.ndarray]:
-    """Everything the file holds, as named arrays (the images encoded as WebP)."""
-    blob, offsets = encode_images(atlas.images)
+def atlas_arrays(atlas: Atlas, sources: Sequence[bytes | None] | None = None) -> dict[str, np.ndarray]:
+    """Everything the file holds, as named arrays; ``sources`` are the stored images' own files, if any
+    (aligned with ``atlas.image_rows``: see ``encode_images``)."""
+    blob, offsets = encode_images(atlas.images, sources)
     meta = {**atlas.meta, "format": FORMAT, "image_format": IMAGE_FORMAT, "top_k": atlas.top_k,
             "n_images": atlas.n_images, "stages": list(atlas.stages)}
     arrays: dict[str, np.ndarray] = {
@@ -317,10 +338,10 @@ def atlas_arrays(atlas: Atlas) -> dict[str, np.ndarray]:
     return arrays
 
 
-def atlas_bytes(atlas: Atlas) -> bytes:
+def atlas_bytes(atlas: Atlas, sources: Sequence[bytes | None] | None = None) -> bytes:
     """The .npz file (deflated) for ``atlas``; ``load_atlas`` reads it back."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **atlas_arrays(atlas))
+    np.savez_compressed(buffer, **atlas_arrays(atlas, sources))
     return buffer.getvalue()
 
 

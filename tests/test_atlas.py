@@ -181,10 +181,37 @@ def test_file_round_trip_keeps_every_array_and_every_pixel(tagged, tmp_path):
         assert a.grid == b.grid
         for field in ("top_rows", "top_values", "top_cells", "class_means"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{name}.{field}")
-    for row in computed.image_rows:  # lossless WebP: the very pixels the network saw
+    for row in computed.image_rows:  # lossless: the very pixels the network saw
         np.testing.assert_array_equal(loaded.image(int(row)), computed.image(int(row)))
     with pytest.raises(atlas.AtlasError, match="not stored"):
         loaded.image(int(np.setdiff1d(np.arange(N), loaded.image_rows)[0]) if len(loaded.image_rows) < N else N)
+
+
+def test_images_are_stored_as_their_own_files_when_those_decode_to_exactly_their_pixels(tagged, tmp_path):
+    import io
+
+    from PIL import Image
+
+    def jpeg(image: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=75)
+        return buffer.getvalue()
+
+    computed = tagged
+    # What a JPEG data set holds: files whose decoded pixels are the images.
+    decoded = np.stack([np.asarray(Image.open(io.BytesIO(jpeg(im))).convert("RGB")) for im in computed.images])
+    as_files = atlas.Atlas(computed.stages, computed.labels, computed.image_rows, decoded, computed.meta)
+    sources = [jpeg(im) for im in computed.images]
+    sources[0] = jpeg(np.zeros_like(computed.images[0]))  # a file that is not this image's: never stored for it
+    blob, offsets = atlas.encode_images(as_files.images, sources)
+    stored = [blob[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(sources))]
+    assert stored[1:] == sources[1:] and stored[0] != sources[0]
+    path = tmp_path / atlas.ATLAS_FILE
+    path.write_bytes(atlas.atlas_bytes(as_files, sources))
+    loaded = atlas.load_atlas(path)
+    for i, row in enumerate(computed.image_rows):  # either way, exactly the pixels the network saw
+        np.testing.assert_array_equal(loaded.image(int(row)), decoded[i])
+    assert path.stat().st_size < len(atlas.atlas_bytes(as_files))  # JPEG files are smaller than lossless WebP
 
 
 def _corrupt(arrays, **changes):
@@ -211,7 +238,7 @@ def _negative(values: np.ndarray) -> np.ndarray:
 
 BROKEN = {
     "a missing stage array": (dict(**{"layer3.top_rows": None}), "lacks the arrays layer3.top_rows"),
-    "another format": (dict(meta=np.array('{"format": 99, "image_format": "webp-lossless"}')), "format 99"),
+    "another format": (dict(meta=np.array('{"format": 99, "image_format": "image-files"}')), "format 99"),
     "rows beyond the test set": (dict(**{"layer1.top_rows": lambda r: r + N}), "outside rows"),
     "cells beyond the grid": (dict(**{"layer4.top_cells": lambda c: c + 16}), "outside its 4x4 grid"),
     "an unsorted top list": (dict(**{"stem.top_values": _unsorted}), "not sorted"),

@@ -40,6 +40,16 @@ def test_tar_gz_of_the_tree_gives_the_same_arrays(tiny_cifar):
         assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
 
 
+def test_the_test_split_keeps_its_image_files_for_the_atlas(tiny_cifar):
+    for data in (load_cifar10(tiny_cifar.tree), load_cifar10(tiny_cifar.archive)):
+        assert data.train.files is None  # 50,000 files' bytes would be memory for nothing
+        assert len(data.test.files) == len(data.test)
+        # Row 4 is the second file of the second class: its bytes are the file's, as stored.
+        path = tiny_cifar.tree / "test" / CLASSES[1] / "0001.jpg"
+        assert data.test.files[tiny_cifar.test_per_class + 1] == path.read_bytes()
+    assert load_cifar10(tiny_cifar.torchvision_root).test.files is None  # the python batches hold pixels, no files
+
+
 def test_a_folder_holding_one_tree_is_enough(tiny_cifar):
     data = load_cifar10(tiny_cifar.tree.parent)  # like --data data/ with data/cifar10-jpeg/ inside
     assert len(data.train) == 10 * tiny_cifar.train_per_class

@@ -14,13 +14,24 @@ matplotlib or captum: the path through ``python -m train`` and ``python -m
 train.evaluate`` must run on a bare GPU box (tests/test_train_imports.py).
 ``push_space`` alone imports huggingface_hub, lazily.
 
-``python -m train --help`` lists the recipe; ``python -m train.evaluate`` and
-``python -m train.export`` are the other entry points (not imported here, so
-``-m`` runs them cleanly).
+``python -m train --help`` lists the recipe; ``python -m train.evaluate``,
+``python -m train.atlas`` and ``python -m train.export`` are the other entry
+points (nothing is imported with the package, so ``-m`` runs them cleanly).
 """
 
-from .config import ConfigError, TrainConfig
-from .data import DataError, load_cifar10
-from .trainer import TrainingDiverged, TrainResult, fit
+from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "TrainConfig", "TrainResult", "TrainingDiverged", "fit", "load_cifar10"]
+import importlib
+from typing import Any
+
+# Resolved on first use (PEP 562): importing the package loads none of its modules, so
+# `python -m train.export` (which the trainer imports) runs without runpy's double-import warning.
+_WHERE = {"ConfigError": "config", "TrainConfig": "config", "DataError": "data", "load_cifar10": "data",
+          "TrainingDiverged": "trainer", "TrainResult": "trainer", "fit": "trainer"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

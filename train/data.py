@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
@@ -59,6 +59,9 @@ class DataError(ValueError):
 class Split:
     images: np.ndarray  # uint8 (N, 32, 32, 3) RGB
     labels: np.ndarray  # int64 (N,), indices into CLASSES
+    # The test split's image files as stored in the data set (JPEG/PNG bytes), when it came as files:
+    # the channel atlas ships the ones it shows as they are. None for the python batches and the train split.
+    files: tuple[bytes, ...] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -124,7 +127,7 @@ def _load_tree(root: Path) -> Cifar10:
             }
     _check_tree(str(root), found)
     splits = {
-        split: _decode_split(((f.read_bytes, str(f)) for f in _in_order(found[split])), found[split])
+        split: _decode_split(((f.read_bytes, str(f)) for f in _in_order(found[split])), found[split], split == "test")
         for split in SPLITS
     }
     is_jpeg = any(f.suffix.lower() in JPEG_SUFFIXES for s in found.values() for fs in s.values() for f in fs)
@@ -173,14 +176,18 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     return array
 
 
-def _decode_split(items: Iterable[tuple[Callable[[], bytes], str]], by_class: dict[str, list]) -> Split:
+def _decode_split(items: Iterable[tuple[Callable[[], bytes], str]], by_class: dict[str, list], keep_files: bool) -> Split:
     """items: (() -> bytes, where) in class order; by_class gives the counts per class."""
     counts = [len(by_class[c]) for c in CLASSES]
     images = np.empty((sum(counts), INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    files = []
     for i, (read, where) in enumerate(items):
-        images[i] = _decode(read(), where)
+        data = read()
+        images[i] = _decode(data, where)
+        if keep_files:
+            files.append(data)
     labels = np.repeat(np.arange(len(CLASSES), dtype=np.int64), counts)
-    return Split(images, labels)
+    return Split(images, labels, tuple(files) if keep_files else None)
 
 
 def _name(is_jpeg: bool) -> str:
@@ -241,7 +248,8 @@ def _load_archive(path: Path) -> Cifar10:
     where = f"{path}:{roots[0]}" if roots[0] != "." else str(path)
     _check_tree(where, found)
     splits = {
-        split: _decode_split((((lambda n=n: images[n]), f"{path}:{n}") for n in _in_order(found[split])), found[split])
+        split: _decode_split((((lambda n=n: images[n]), f"{path}:{n}") for n in _in_order(found[split])), found[split],
+                             split == "test")
         for split in SPLITS
     }
     is_jpeg = any(n.lower().endswith(JPEG_SUFFIXES) for n in images)
