@@ -18,7 +18,7 @@
 #
 # The call's limit is 600 s: the trainer gets SIGTERM at TRAIN_TIMEOUT, saves a checkpoint and
 # stops; an unfinished run is then exported as it stands (its card says so), so the minutes spent
-# still give weights. The CPU rehearsal (tests/test_gpu_run.py) runs this very file with tiny
+# still give weights. The CPU rehearsal (tests/test_train_gpu_run.py) runs this very file with tiny
 # settings through these variables:
 #   DATA (data/cifar10-jpeg.tar.gz)  DEVICE (cuda)  EPOCHS (the recipe's)  RUNS (runs)
 #   TRAIN_ARGS, BENCH_ARGS (extra flags)  TRAIN_TIMEOUT (420 s)  BENCH_TIMEOUT (90 s)
