@@ -14,10 +14,9 @@ explicit ``forward_features`` / ``forward_head`` / ``forward_intermediates`` /
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
-
-import copy
 
 import torch
 from torch import Tensor, nn
