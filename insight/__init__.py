@@ -1,6 +1,7 @@
 """What the explorer shows, computed: pure functions over a model and arrays.
 
-Grad-CAM at every stage (``gradcam``), a contrasting attribution (``contrast``),
+Grad-CAM at every stage (``gradcam``; ``captum_reference`` computes the same
+maps with Captum, the reference), a contrasting attribution (``contrast``),
 activations and their most active channels (``activations``), the inside of a
 residual block (``anatomy``), the architecture table (``architecture``), maps
 drawn over images (``render``), robustness probes (``robustness``), calibration
