@@ -2,7 +2,7 @@
 
 Every event of the page names the current image by its file; the file's
 sha256 finds what was already computed for it: the 32x32 input, the
-prediction, the activations, the block ratios and the Grad-CAM maps of every
+prediction, the activations and the Grad-CAM maps of every
 class asked for so far. So moving the opacity slider or switching the colour
 scale computes nothing, and a new target class costs one backward pass through
 the kept forward (``insight.gradcam.GradCamPass``) of the few most recent
@@ -43,7 +43,6 @@ class Entry:
     probs: np.ndarray  # (10,) float32
     logits: np.ndarray  # (10,) float32
     features: dict[str, np.ndarray]  # "stem", "layer1".."layer4" -> (C, h, w) float32
-    block_ratios: np.ndarray  # (16,) ||F(x)|| / ||x||
     cams: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # class -> stage -> (h, w)
     extras: dict[tuple, Any] = field(default_factory=dict)  # other views' results for this image (see memo)
 
@@ -164,7 +163,6 @@ class AnalysisCache:
             probs=torch.softmax(logits, 0).cpu().numpy().astype(np.float32),
             logits=logits.cpu().numpy().astype(np.float32),
             features={name: act[0].float().cpu().numpy() for name, act in run.features.items()},
-            block_ratios=run.block_ratios[0].cpu().numpy(),
         )
         # The predicted class's maps are what every new image shows first.
         entry.cams[entry.predicted] = {name: m[0].cpu().numpy() for name, m in run.cams(entry.predicted).items()}

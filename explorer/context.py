@@ -14,6 +14,9 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# A server draws no windows: a fixed backend spares matplotlib (which Gradio and captum
+# import) the search for one.
+os.environ.setdefault("MPLBACKEND", "agg")
 
 import functools  # noqa: E402
 import hashlib  # noqa: E402

@@ -65,6 +65,13 @@ def build_demo() -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks) -> None:
+    # Before any request thread exists: Gradio imports matplotlib on every request and
+    # captum imports it too; two threads importing it at once can meet a half-initialised
+    # module (seen: the warm-up's first Integrated Gradients beside the first request).
+    # The first request would pay this import anyway.
+    import captum.attr  # noqa: F401
+    import captum.robust  # noqa: F401
+
     demo.launch(
         allowed_paths=[str(ASSETS)],  # the examples; nothing else on disk is served
         # Checkpoints for the Compare tab are larger than any image; each handler checks its own limit.

@@ -75,13 +75,14 @@ class GradCamPass:
     """One forward pass of a batch, kept so that Grad-CAM of any class costs one backward.
 
     ``x`` is a normalised (N, 3, H, W) batch. After construction: ``logits``
-    (N, 10), ``features`` ("stem", "layer1".."layer4" -> (N, C, h, w)) and
-    ``block_ratios`` (N, 16) = ||F(x)|| / ||x|| per block, all detached;
+    (N, 10), ``features`` ("stem", "layer1".."layer4" -> (N, C, h, w)) and, if
+    asked for, ``block_ratios`` (N, 16) = ||F(x)|| / ||x|| per block (about a
+    tenth more time), all detached;
     ``cams(targets)`` gives the maps. ``close()`` frees the graph early; it is
     freed with the object anyway.
     """
 
-    def __init__(self, model: ResNet, x: Tensor) -> None:
+    def __init__(self, model: ResNet, x: Tensor, block_ratios: bool = False) -> None:
         self._lock = threading.Lock()  # one backward at a time through the shared graph
         ratios: list[Tensor] = []
         stages: list[Tensor] = []
@@ -94,9 +95,12 @@ class GradCamPass:
             for stage in STAGE_NAMES:
                 with torch.set_grad_enabled(stage != STAGE_NAMES[0]):
                     for block in getattr(model, stage):
-                        residual, shortcut = block.residual(h), block.shortcut(h)
-                        ratios.append(_norms(residual) / _norms(shortcut).clamp_min(1e-12))
-                        h = block.relu3(residual + shortcut)
+                        if block_ratios:
+                            residual, shortcut = block.residual(h), block.shortcut(h)
+                            ratios.append(_norms(residual) / _norms(shortcut).clamp_min(1e-12))
+                            h = block.relu3(residual + shortcut)
+                        else:
+                            h = block(h)
                 if stage == STAGE_NAMES[0]:
                     h = h.detach().requires_grad_(True)  # the leaf the maps' graph starts from
                 stages.append(h)
@@ -104,7 +108,7 @@ class GradCamPass:
         self._stages: list[Tensor] | None = stages
         self.logits = self._logits.detach()
         self.features = {"stem": stem.detach(), **{n: a.detach() for n, a in zip(STAGE_NAMES, stages)}}
-        self.block_ratios = torch.stack(ratios, 1).detach()
+        self.block_ratios = torch.stack(ratios, 1).detach() if block_ratios else None
 
     @property
     def predicted(self) -> Tensor:

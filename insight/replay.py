@@ -136,7 +136,7 @@ def probe_snapshot(model: ResNet, images: Tensor | np.ndarray, labels: Tensor | 
 
 
 def _snapshot(model: ResNet, x: Tensor, labels: Tensor) -> dict[str, np.ndarray]:
-    run = GradCamPass(model, x)  # one forward for the batch; each target class is one backward
+    run = GradCamPass(model, x, block_ratios=True)  # one forward for the batch; each class is one backward
     try:
         pred = run.predicted
         cams = {cam_key(target, stage): cam.cpu().numpy()

@@ -328,8 +328,11 @@ def test_a_batch_gets_each_image_its_own_class_in_one_backward(model, images):
         for stage in STAGE_NAMES:
             np.testing.assert_allclose(maps[stage][i].numpy(), alone.cams[stage], rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(run.predicted.numpy(), run.logits.argmax(1).numpy())
+    assert run.block_ratios is None  # asked for only where they are used (the replay)
     ratios = anatomy.residual_anatomy(model, images[0]).ratios
-    np.testing.assert_allclose(run.block_ratios[0].numpy(), ratios, rtol=1e-5)
+    with_ratios = gradcam.GradCamPass(model, x, block_ratios=True)
+    np.testing.assert_allclose(with_ratios.block_ratios[0].numpy(), ratios, rtol=1e-5)
+    np.testing.assert_allclose(with_ratios.cams(targets)["layer1"].numpy(), maps["layer1"].numpy(), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="one target per image"):
         run.cams([1, 2])
     with pytest.raises(ValueError, match="class indices"):
