@@ -6,6 +6,7 @@ import time
 
 import gradio as gr
 
+import insight
 from resnet import preprocess
 from resnet.weights import MAX_CHECKPOINT_BYTES
 
@@ -65,12 +66,9 @@ def build_demo() -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks) -> None:
-    # Before any request thread exists: Gradio imports matplotlib on every request and
-    # captum imports it too; two threads importing it at once can meet a half-initialised
-    # module (seen: the warm-up's first Integrated Gradients beside the first request).
-    # The first request would pay this import anyway.
-    import captum.attr  # noqa: F401
-    import captum.robust  # noqa: F401
+    # Before any request thread exists (see the function); the first request
+    # would pay this import anyway.
+    insight.import_attribution_libraries()
 
     demo.launch(
         allowed_paths=[str(ASSETS)],  # the examples; nothing else on disk is served

@@ -30,6 +30,35 @@ def jet(values: np.ndarray) -> np.ndarray:
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
+def enlarge(image: np.ndarray, size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """An RGB uint8 image enlarged with nearest-neighbour: its pixels stay the ones the network saw."""
+    from PIL import Image
+
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3), got {image.shape}")
+    height, width = _side(size, image.shape[:2])
+    base = image.astype(np.uint8)
+    if base.shape[:2] != (height, width):
+        base = np.asarray(Image.fromarray(base).resize((width, height), Image.Resampling.NEAREST))
+    return base
+
+
+def heat(cam: np.ndarray, size: int | tuple[int, int], vmax: float | None = None) -> np.ndarray:
+    """A (h, w) map upsampled bilinearly to ``size`` and coloured with ``jet`` on 0..``vmax``
+    (default: its own maximum): (H, W, 3) uint8, ready to blend over an image."""
+    top = float(cam.max()) if vmax is None else float(vmax)
+    up = upsample(cam, size)
+    return jet(up / top if top > 0 else np.zeros_like(up))
+
+
+def blend(base: np.ndarray, coloured: np.ndarray, opacity: float) -> np.ndarray:
+    """``coloured`` over ``base`` (both (H, W, 3) uint8) at ``opacity`` in [0, 1]."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    mixed = (1.0 - opacity) * base.astype(np.float32) + opacity * coloured.astype(np.float32)
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
 def overlay(
     image: np.ndarray,
     cam: np.ndarray,
@@ -42,20 +71,10 @@ def overlay(
     The image is enlarged with nearest-neighbour (so its pixels stay the ones
     the network saw) and the map bilinearly. The colour scale runs from 0 to
     ``vmax`` (default: the map's own maximum), so a caller can put several maps
-    on one shared scale.
+    on one shared scale. (``enlarge``, ``heat`` and ``blend`` are its steps, for
+    a caller that redraws one map at several opacities.)
     """
-    from PIL import Image
-
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3), got {image.shape}")
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    height, width = _side(size, image.shape[:2])
-    base = image.astype(np.uint8)
-    if base.shape[:2] != (height, width):
-        base = np.asarray(Image.fromarray(base).resize((width, height), Image.Resampling.NEAREST))
-    heat = upsample(cam, (height, width))
-    top = float(cam.max()) if vmax is None else float(vmax)
-    norm = heat / top if top > 0 else np.zeros_like(heat)
-    blended = (1.0 - opacity) * base.astype(np.float32) + opacity * jet(norm).astype(np.float32)
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    base = enlarge(image, size)
+    return blend(base, heat(cam, base.shape[:2], vmax), opacity)

@@ -40,6 +40,33 @@ def test_opacity_and_colour_scale_redraw_from_the_cache(explorer_modules, monkey
     assert 3 in entry.cams  # cat's maps were kept
 
 
+def test_a_change_of_class_after_the_follow_up_runs_no_network(explorer_modules, monkeypatch) -> None:
+    context, _, _, gradcam = explorer_modules
+    sample = str(SAMPLES[5])
+    gradcam.gradcam(sample, "predicted class", 0.5, "per map")
+    gradcam.contrast_follow(sample, "gradcam", "predicted class", "Integrated Gradients", 0.5)
+    assert len(context.CACHE.entry(sample).cams) == 10  # every class's maps, ahead of a change
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a change of class ran the network")
+
+    monkeypatch.setattr(context.CACHE, "_compute", no_network)
+    monkeypatch.setattr("explorer.cache.GradCamPass", no_network)
+    for name in ("ship", "frog", "truck"):
+        overlays, note = gradcam.gradcam_view(sample, name, 0.5, "per map")
+        assert len(overlays) == 4 and f"Grad-CAM for **{name}**" in note
+
+
+def test_raw_values_are_sent_only_while_their_panel_is_open(explorer_modules) -> None:
+    import gradio as gr
+
+    _, _, _, gradcam = explorer_modules
+    sample = str(SAMPLES[5])
+    assert isinstance(gradcam.raw_maps(sample, "ship", False), type(gr.skip()))  # the panel is closed
+    raw = gradcam.raw_maps(sample, "ship", True)
+    assert raw["target"] == "ship" and [len(raw["maps"][s]) for s in ("layer1", "layer4")] == [32, 4]
+
+
 def test_hidden_tabs_compute_nothing_for_a_new_image(explorer_modules) -> None:
     context, blocks, features, gradcam = explorer_modules
     sample = str(SAMPLES[7])

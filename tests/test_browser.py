@@ -173,6 +173,13 @@ def test_click_sample_then_every_tab_renders(app_url):
             assert gallery_images.nth(i).evaluate("img => img.naturalWidth") > 0
         expect(page.get_by_text("layer4 · 4x4").first).to_be_visible()
 
+        # Another class: its maps, then its raw values once their panel is opened.
+        page.locator("#gradcam-target input").click()
+        page.get_by_role("option", name="ship", exact=True).click()
+        expect(page.get_by_text("Grad-CAM for ship").first).to_be_visible(timeout=30_000)
+        page.get_by_text("Raw Grad-CAM values").click()
+        expect(page.locator("#gradcam-raw").get_by_text("ship").first).to_be_visible(timeout=30_000)
+
         open_tab(page, "Feature maps")
         page.wait_for_function(
             "() => document.querySelectorAll('.feature-plot .js-plotly-plot svg.main-svg').length >= 5",

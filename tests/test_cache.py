@@ -126,3 +126,31 @@ def test_warming_analyses_in_the_background_and_reports_broken_files(model, tmp_
     cache.warm([good[0], broken, good[1]], on_error=lambda path, exc: errors.append(path)).join(timeout=120)
     assert len(cache) == 2 and errors == [broken]
     assert cache.entry(good[1]) is not None and cache.misses == 3
+
+
+def test_recent_values_are_remade_only_once_they_fall_out() -> None:
+    from explorer.cache import Recent
+
+    made = []
+    recent = Recent(2)
+
+    def make(key):
+        made.append(key)
+        return key * 10
+
+    assert [recent.get(k, lambda k=k: make(k)) for k in (1, 2, 1, 3, 1, 2)] == [10, 20, 10, 30, 10, 20]
+    assert made == [1, 2, 3, 2]  # 2 fell out when 3 came (1 had just been used)
+
+
+def test_every_class_is_ready_after_one_batched_backward(model, forwards, tmp_path) -> None:
+    cache = AnalysisCache(model)
+    entry = cache.entry(write_image(tmp_path, "a.png", 6))
+    predicted = {k: v.copy() for k, v in entry.cams[entry.predicted].items()}
+    cache.every_class(entry)
+    assert sorted(entry.cams) == list(range(10)) and forwards[0] == 1
+    for stage, m in predicted.items():  # what was there stays
+        np.testing.assert_array_equal(entry.cams[entry.predicted][stage], m)
+    reference = gradcam.analyze(model, entry.input().contiguous(), 7).cams
+    for stage in STAGE_NAMES:  # on the map's scale: a batched backward sums in another order
+        top = float(reference[stage].max())
+        np.testing.assert_allclose(cache.cams(entry, 7)[stage], reference[stage], rtol=1e-4, atol=1e-5 * top)

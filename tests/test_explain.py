@@ -326,7 +326,10 @@ def test_a_batch_gets_each_image_its_own_class_in_one_backward(model, images):
     for i, (image, target) in enumerate(zip(images, targets)):
         alone = gradcam.analyze(model, image, target)
         for stage in STAGE_NAMES:
-            np.testing.assert_allclose(maps[stage][i].numpy(), alone.cams[stage], rtol=1e-4, atol=1e-6)
+            # A batch of 3 and a batch of 1 may run different convolution kernels: equal up to
+            # float32 summation order, measured against the map's own scale.
+            scale = float(np.abs(alone.cams[stage]).max())
+            np.testing.assert_allclose(maps[stage][i].numpy(), alone.cams[stage], rtol=1e-4, atol=2e-3 * scale)
     np.testing.assert_array_equal(run.predicted.numpy(), run.logits.argmax(1).numpy())
     assert run.block_ratios is None  # asked for only where they are used (the replay)
     ratios = anatomy.residual_anatomy(model, images[0]).ratios
@@ -366,3 +369,14 @@ def test_batchnorm_folded_into_the_convolutions_computes_the_same_explanations(i
     np.testing.assert_allclose(rb.ratios, ra.ratios, rtol=1e-3)
     for part in anatomy.ANATOMY_PARTS:
         np.testing.assert_allclose(rb.maps[part], ra.maps[part], rtol=1e-3, atol=1e-4)
+
+
+def test_every_class_at_once_equals_one_class_at_a_time(model, images):
+    run = gradcam.GradCamPass(model, torch.cat(images[:2]))
+    every = run.cams_of_every_class()
+    for c in (0, 4, 9):
+        one = run.cams(c)
+        for stage in STAGE_NAMES:
+            assert every[stage].shape[:2] == (10, 2)
+            top = float(one[stage].max())  # on the map's scale: a batched backward sums in another order
+            np.testing.assert_allclose(every[stage][c].numpy(), one[stage].numpy(), rtol=1e-4, atol=1e-5 * top)

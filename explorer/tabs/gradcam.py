@@ -9,11 +9,12 @@ from insight import render
 from insight.contrast import CONTRAST_METHODS, contrast_map
 from resnet import CLASSES, STAGE_NAMES
 
-from ..cache import Entry
+from ..cache import Entry, Recent
 from ..context import CACHE, DISPLAY, PREDICTED, SERVING, STRIDES, TARGET_CHOICES, target_index, user_errors
 from ..ui import Ctx
 
 SCALES = ("per map", "shared")
+_LAYERS = Recent(8)  # (image, class, scale) -> the enlarged image and the four coloured maps, ~1 MB each
 CONTRAST_WHAT = {
     "Integrated Gradients": "pixel-level: |gradient x (image - mean image)| integrated along the path, summed over RGB",
     "Occlusion": "how much the logit drops when an 8x8 patch is replaced by the data set's mean colour (stride 4)",
@@ -37,11 +38,12 @@ def cam_view(entry: Entry, target: int, cams: dict[str, np.ndarray], opacity: fl
     """The four overlays and the sentence under them: drawn from maps already computed."""
     opacity = _check_view(opacity, scale)
     shared = max(float(m.max()) for m in cams.values())
-    gallery = []
-    for name in STAGE_NAMES:
-        cam = cams[name]
-        vmax = shared if scale == "shared" else float(cam.max())
-        gallery.append((render.overlay(entry.seen, cam, opacity=opacity, vmax=vmax, size=DISPLAY), _stage_caption(name, cam)))
+    # The enlarged image and the coloured maps do not depend on the opacity: kept for the last
+    # few views, so moving the slider is four blends.
+    base, layers = _LAYERS.get((entry.key, target, scale), lambda: (render.enlarge(entry.seen, DISPLAY), {
+        name: render.heat(cam, DISPLAY, shared if scale == "shared" else None) for name, cam in cams.items()
+    }))
+    gallery = [(render.blend(base, layers[name], opacity), _stage_caption(name, cams[name])) for name in STAGE_NAMES]
     sizes = ", ".join(f"{n} {m.shape[0]}x{m.shape[1]} (1 cell = {STRIDES[n]}x{STRIDES[n]} px)" for n, m in cams.items())
     predicted = entry.predicted
     note = (
@@ -57,8 +59,7 @@ def cam_view(entry: Entry, target: int, cams: dict[str, np.ndarray], opacity: fl
 def cam_outputs(entry: Entry, target: int, opacity: float, scale: str) -> tuple:
     """Overlays, sentence and raw maps of ``target`` for an analysed image (one backward at most)."""
     cams = CACHE.cams(entry, target)
-    raw = {"target": CLASSES[target], "maps": {name: m.tolist() for name, m in cams.items()}}
-    return (*cam_view(entry, target, cams, opacity, scale), raw)
+    return (*cam_view(entry, target, cams, opacity, scale), _raw(target, cams))
 
 
 def _entry_and_target(image: str, target: str) -> tuple[Entry, int]:
@@ -73,6 +74,22 @@ def gradcam(image: str | None, target: str, opacity: float, scale: str) -> tuple
     if image is None:
         return [], "", None
     return cam_outputs(*_entry_and_target(image, target), opacity, scale)
+
+
+@user_errors
+def raw_maps(image: str | None, target: str, shown: bool = True) -> dict | None:
+    """The four Grad-CAM maps of a class at their stage resolution, as nested lists; nothing while
+    they are not ``shown`` (the browser would build a 22 KB JSON tree that nobody sees)."""
+    if not shown:
+        return gr.skip()
+    if image is None:
+        return None
+    entry, chosen = _entry_and_target(image, target)
+    return _raw(chosen, CACHE.cams(entry, chosen))
+
+
+def _raw(target: int, cams: dict[str, np.ndarray]) -> dict:
+    return {"target": CLASSES[target], "maps": {name: m.tolist() for name, m in cams.items()}}
 
 
 @user_errors
@@ -105,7 +122,8 @@ def _contrast_map(entry: Entry, target: int, method: str) -> np.ndarray:
 
 
 def prepare(entry: Entry) -> None:
-    """Warm-up for a shipped sample: the contrast map this tab shows first."""
+    """Warm-up for a shipped sample: every class's maps and the contrast map this tab shows first."""
+    CACHE.every_class(entry)
     _contrast_map(entry, entry.predicted, CONTRAST_METHODS[0])
 
 
@@ -117,6 +135,8 @@ def contrast_follow(image: str | None, open_tab: str, target: str, method: str, 
     """
     if open_tab != "gradcam" or image is None:
         return None, ""
+    # Ahead of a change of class for the image on screen: then any class is drawn at once.
+    CACHE.every_class(CACHE.entry(image))
     return contrast(image, target, method, opacity)
 
 
@@ -142,8 +162,10 @@ def build(ctx: Ctx) -> None:
             elem_id="gradcam-gallery",
         )
         note = gr.Markdown(label="Grad-CAM note")
-        with gr.Accordion("Raw Grad-CAM values (stage resolution)", open=False):
-            raw = gr.JSON(label="maps")
+        with gr.Accordion("Raw Grad-CAM values (stage resolution)", open=False) as raw_box:
+            raw = gr.JSON(label="maps", elem_id="gradcam-raw")
+        # Inside the tab: a State among gr.Tabs' children shifts the tab bar (a tab drawn twice, one lost).
+        raw_shown = gr.State(False)
         gr.Markdown("### For contrast: a method that does not look inside the stages")
         with gr.Row():
             with gr.Column(scale=1):
@@ -153,19 +175,28 @@ def build(ctx: Ctx) -> None:
                                       elem_id="contrast-image")
     ctx.controls.update(target=target, opacity=opacity, scale=scale)
     ctx.outputs.update(cams=cams, cam_note=note, cam_raw=raw)
-    target.change(gradcam, inputs=[ctx.image, target, opacity, scale], outputs=[cams, note, raw], api_name="gradcam")
+    # queue=False: these answer from the image's cached analysis in milliseconds (every class's maps
+    # are computed ahead), so they skip the queue's round trips. A new class shows its maps first;
+    # the raw values (a 22 KB JSON tree for the browser to build) and the slow contrast map follow.
+    changed = target.change(gradcam_view, inputs=[ctx.image, target, opacity, scale], outputs=[cams, note],
+                            api_name="gradcam_for_target", api_visibility="private", queue=False)
+    changed.then(raw_maps, inputs=[ctx.image, target, raw_shown], outputs=[raw], api_name="gradcam_raw",
+                 queue=False)
+    # Opening the raw values redraws all three for the current class: the public /gradcam endpoint.
+    raw_box.expand(lambda: True, outputs=raw_shown, queue=False, api_visibility="private").then(
+        gradcam, inputs=[ctx.image, target, opacity, scale], outputs=[cams, note, raw], api_name="gradcam")
+    raw_box.collapse(lambda: False, outputs=raw_shown, queue=False, api_visibility="private")
     gr.on(
         [scale.change, opacity.release],
         gradcam_view,
         inputs=[ctx.image, target, opacity, scale],
         outputs=[cams, note],
         api_name="gradcam_view",
+        queue=False,
     )
-    gr.on(
-        [tab.select, method.change, target.change, opacity.release],
-        contrast,
-        inputs=[ctx.image, target, method, opacity],
-        outputs=[contrast_image, contrast_note],
-        api_name="contrast",
-    )
+    contrast_inputs, contrast_outputs = [ctx.image, target, method, opacity], [contrast_image, contrast_note]
+    gr.on([tab.select, method.change, opacity.release], contrast, inputs=contrast_inputs, outputs=contrast_outputs,
+          api_name="contrast")
+    changed.then(contrast, inputs=contrast_inputs, outputs=contrast_outputs, api_name="contrast_for_target",
+                 api_visibility="private")
     ctx.follow(contrast_follow, inputs=[target, method, opacity], outputs=[contrast_image, contrast_note])
