@@ -6,7 +6,7 @@ import time
 
 import gradio as gr
 
-import insight
+from insight.contrast import import_attribution_libraries
 from resnet import preprocess
 from resnet.weights import MAX_CHECKPOINT_BYTES
 
@@ -68,7 +68,7 @@ def build_demo() -> gr.Blocks:
 def launch(demo: gr.Blocks) -> None:
     # Before any request thread exists (see the function); the first request
     # would pay this import anyway.
-    insight.import_attribution_libraries()
+    import_attribution_libraries()
 
     demo.launch(
         allowed_paths=[str(ASSETS)],  # the examples; nothing else on disk is served

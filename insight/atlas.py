@@ -54,6 +54,7 @@ import torch
 
 from resnet.constants import CLASSES, INPUT_SIZE, NUM_CLASSES
 from resnet.model import FEATURE_NAMES, ResNet
+from resnet import preprocess
 from resnet.preprocess import images_to_pixels, normalise
 
 ATLAS_FILE = "channel_atlas.npz"
@@ -297,17 +298,10 @@ def _decodes_to(data: bytes, image: np.ndarray) -> bool:
 
 def decode_image(blob: np.ndarray, offsets: np.ndarray, i: int) -> np.ndarray:
     """The i-th image of ``encode_images``' blob, as uint8 (32, 32, 3)."""
-    from PIL import Image, UnidentifiedImageError
-
-    data = blob[int(offsets[i]) : int(offsets[i + 1])].tobytes()
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise AtlasError(f"Stored image {i} of the atlas is damaged ({exc}). {HOW_TO_MAKE}") from exc
-    if image.shape != (INPUT_SIZE, INPUT_SIZE, 3):
-        raise AtlasError(f"Stored image {i} of the atlas is {image.shape}, not {INPUT_SIZE}x{INPUT_SIZE} RGB. {HOW_TO_MAKE}")
-    return image
+        return preprocess.decode_cifar(blob[int(offsets[i]) : int(offsets[i + 1])].tobytes())
+    except ValueError as exc:
+        raise AtlasError(f"Stored image {i} of the atlas is {exc}. {HOW_TO_MAKE}") from exc
 
 
 STAGE_ARRAYS = ("grid", "top_rows", "top_values", "top_cells", "class_means")

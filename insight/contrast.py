@@ -13,6 +13,18 @@ from .gradcam import check_input, check_target
 CONTRAST_METHODS: tuple[str, ...] = ("Integrated Gradients", "Occlusion")
 
 
+def import_attribution_libraries() -> None:
+    """Import captum (and the matplotlib it pulls in) now, on the calling thread.
+
+    A server calls this before it takes requests: two request threads importing
+    matplotlib at once can meet a half-initialised module (seen: a warm-up's
+    first Integrated Gradients beside the first request). Here, not in
+    ``insight/__init__``, because the training path must reach no captum import.
+    """
+    import captum.attr  # noqa: F401
+    import captum.robust  # noqa: F401
+
+
 def contrast_map(model: ResNet, x: Tensor, target: int, method: str = "Integrated Gradients") -> np.ndarray:
     """A (32, 32) float32 map >= 0 from a method unlike Grad-CAM.
 

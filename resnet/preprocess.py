@@ -235,6 +235,21 @@ def _load(source: ImageSource, notes: list[str]) -> Image.Image:
         return _to_rgb(im, notes)
 
 
+def decode_cifar(data: bytes) -> np.ndarray:
+    """One encoded CIFAR-size image (a data set's file, an atlas entry) -> uint8 (32, 32, 3).
+
+    Raises ValueError saying why, worded to follow "<where> is ": not a readable image, or its size.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            array = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"not a readable image ({exc})") from exc
+    if array.shape != (INPUT_SIZE, INPUT_SIZE, 3):
+        raise ValueError(f"{array.shape[1]}x{array.shape[0]} px; CIFAR-10 images are {INPUT_SIZE}x{INPUT_SIZE}")
+    return array
+
+
 def center_square(im: Image.Image) -> Image.Image:
     """The largest centred square: CIFAR objects fill a square frame, and
     squashing a wide photo would distort them more than cropping its edges."""

@@ -264,3 +264,20 @@ def test_normalisation_first_used_in_inference_mode_still_allows_gradients():
     normalise(wanted).sum().backward()  # raised "Inference tensors cannot be saved for backward"
     assert wanted.grad is not None and torch.all(wanted.grad > 0)
     torch.testing.assert_close(denormalise(normalise(pixels)), pixels)
+
+
+def test_a_data_set_file_decodes_to_32x32_rgb_or_says_why():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    np.testing.assert_array_equal(preprocess.decode_cifar(png.getvalue()), image)
+    grey = io.BytesIO()
+    Image.fromarray(image[..., 0]).save(grey, format="PNG")
+    assert preprocess.decode_cifar(grey.getvalue()).shape == (32, 32, 3)  # any mode becomes RGB
+    with pytest.raises(ValueError, match="not a readable image"):
+        preprocess.decode_cifar(b"not an image")
+    big = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(big, format="PNG")
+    with pytest.raises(ValueError, match="64x48 px; CIFAR-10 images are 32x32"):
+        preprocess.decode_cifar(big.getvalue())

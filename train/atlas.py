@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from insight.atlas import ATLAS_FILE, SIZE_TARGET, atlas_bytes, compute_atlas, sha256_of, stage_summary
 from resnet.files import atomic_write_bytes
-from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, load_weights
+from resnet.weights import WEIGHTS_FILE, WeightsError, load_weights
 
 from .data import DataError, Split, load_cifar10
-from .inference import exact_float32, resolve_device
+from .inference import add_model_and_data_arguments, exact_float32, resolve_device
 
 
 def write_atlas(
@@ -104,15 +104,8 @@ def describe(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import TrainConfig
-
     parser = argparse.ArgumentParser(prog="python -m train.atlas", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", default=str(ASSETS_DIR / WEIGHTS_FILE),
-                        help="weights: ours (safetensors) or any ResNet-50 checkpoint python app.py --weights accepts")
-    parser.add_argument("--data", default=TrainConfig.data, help="CIFAR-10 path (any layout python -m train accepts)")
-    parser.add_argument("--out", default=str(ASSETS_DIR), help=f"folder for {ATLAS_FILE}")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=250, help="images per forward pass")
+    add_model_and_data_arguments(parser, out_help=f"folder for {ATLAS_FILE}")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)

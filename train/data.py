@@ -27,8 +27,8 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from resnet import preprocess
 from resnet.constants import CLASSES, INPUT_SIZE, JPEG_DATASET_NAME, ORIGINAL_DATASET_NAME
 
 SPLITS = ("train", "test")
@@ -167,13 +167,9 @@ def _check_tree(where: str, found: dict[str, dict[str, list]]) -> None:
 
 def _decode(data: bytes, where: str) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{where} is not a readable image ({exc}).") from exc
-    if array.shape != (INPUT_SIZE, INPUT_SIZE, 3):
-        raise DataError(f"{where} is {array.shape[1]}x{array.shape[0]} px; CIFAR-10 images are {INPUT_SIZE}x{INPUT_SIZE}.")
-    return array
+        return preprocess.decode_cifar(data)
+    except ValueError as exc:
+        raise DataError(f"{where} is {exc}.") from exc
 
 
 def _decode_split(items: Iterable[tuple[Callable[[], bytes], str]], by_class: dict[str, list], keep_files: bool) -> Split:

@@ -31,10 +31,10 @@ from insight.calibration import expected_calibration_error, fit_temperature, rel
 from insight.testset import EVALUATION_FILE, GALLERY_FILE
 from resnet.constants import CLASSES
 from resnet.files import atomic_write_bytes, atomic_write_json
-from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, WeightsError, load_weights
+from resnet.weights import WeightsError, load_weights
 
 from .data import DataError, Split, load_cifar10
-from .inference import exact_float32, predict_logits, resolve_device
+from .inference import add_model_and_data_arguments, exact_float32, predict_logits, resolve_device
 
 ECE_BINS = 15
 GALLERY_PER_CELL = 32  # most confident mistakes per (true, predicted) pair
@@ -156,15 +156,8 @@ def class_balanced_subset(test: Split, per_class: int) -> Split:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import TrainConfig
-
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", default=str(ASSETS_DIR / WEIGHTS_FILE),
-                        help="weights: ours (safetensors) or any ResNet-50 checkpoint python app.py --weights accepts")
-    parser.add_argument("--data", default=TrainConfig.data, help="CIFAR-10 path (any layout python -m train accepts)")
-    parser.add_argument("--out", default=str(ASSETS_DIR), help=f"folder for {EVALUATION_FILE} and {GALLERY_FILE}")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=250, help="images per forward pass")
+    add_model_and_data_arguments(parser, out_help=f"folder for {EVALUATION_FILE} and {GALLERY_FILE}")
     parser.add_argument("--per-class", type=int, default=0, help="evaluate only the first N test images of each class (0 = all)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC layout")
     args = parser.parse_args(argv)

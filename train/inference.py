@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -11,6 +12,21 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .augment import normalize
+
+
+def add_model_and_data_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """--weights, --data, --out, --device and --batch-size: what the commands that run
+    a trained model over the test split (evaluate, atlas) take alike."""
+    from resnet.weights import ASSETS_DIR, WEIGHTS_FILE
+
+    from .config import TrainConfig
+
+    parser.add_argument("--weights", default=str(ASSETS_DIR / WEIGHTS_FILE),
+                        help="weights: ours (safetensors) or any ResNet-50 checkpoint python app.py --weights accepts")
+    parser.add_argument("--data", default=TrainConfig.data, help="CIFAR-10 path (any layout python -m train accepts)")
+    parser.add_argument("--out", default=str(ASSETS_DIR), help=out_help)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=250, help="images per forward pass")
 
 
 def resolve_device(name: str) -> torch.device:
