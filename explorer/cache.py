@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from insight.gradcam import GradCamPass
+from insight.gradcam import GradCamPass, analysis_of
 from resnet import preprocess
 from resnet.constants import NUM_CLASSES
 from resnet.model import ResNet
@@ -172,18 +172,11 @@ class AnalysisCache:
         img, notes = preprocess.load_image_with_notes(data)
         seen = preprocess.to_model_input(img).seen
         run = GradCamPass(self.model, model_input(seen))
-        logits = run.logits[0].float()
-        entry = Entry(
-            key=key,
-            seen=seen,
-            size=img.size,
-            notes=notes,
-            probs=torch.softmax(logits, 0).cpu().numpy().astype(np.float32),
-            logits=logits.cpu().numpy().astype(np.float32),
-            features={name: act[0].float().cpu().numpy() for name, act in run.features.items()},
-        )
         # The predicted class's maps are what every new image shows first.
-        entry.cams[entry.predicted] = {name: m[0].cpu().numpy() for name, m in run.cams(entry.predicted).items()}
+        first = analysis_of(run)
+        entry = Entry(key=key, seen=seen, size=img.size, notes=notes, probs=first.probs, logits=first.logits,
+                      features=first.features)
+        entry.cams[first.target] = first.cams
         self._keep_pass(key, run)
         return entry
 

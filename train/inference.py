@@ -11,16 +11,15 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from resnet.weights import ASSETS_DIR, WEIGHTS_FILE
+
 from .augment import normalize
+from .config import TrainConfig
 
 
 def add_model_and_data_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     """--weights, --data, --out, --device and --batch-size: what the commands that run
     a trained model over the test split (evaluate, atlas) take alike."""
-    from resnet.weights import ASSETS_DIR, WEIGHTS_FILE
-
-    from .config import TrainConfig
-
     parser.add_argument("--weights", default=str(ASSETS_DIR / WEIGHTS_FILE),
                         help="weights: ours (safetensors) or any ResNet-50 checkpoint python app.py --weights accepts")
     parser.add_argument("--data", default=TrainConfig.data, help="CIFAR-10 path (any layout python -m train accepts)")

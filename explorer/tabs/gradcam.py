@@ -105,9 +105,12 @@ def gradcam_view(image: str | None, target: str, opacity: float, scale: str) -> 
 def contrast(image: str | None, target: str, method: str, opacity: float) -> tuple:
     if image is None:
         return None, ""
+    return _contrast_outputs(*_entry_and_target(image, target), method, opacity)
+
+
+def _contrast_outputs(entry: Entry, chosen: int, method: str, opacity: float) -> tuple:
     if method not in CONTRAST_METHODS:
         raise ValueError(f"Unknown method {method!r}; use one of {', '.join(CONTRAST_METHODS)}.")
-    entry, chosen = _entry_and_target(image, target)
     attribution = _contrast_map(entry, chosen, method)
     return (
         render.overlay(entry.seen, attribution, opacity=float(opacity), size=DISPLAY),
@@ -127,6 +130,7 @@ def prepare(entry: Entry) -> None:
     _contrast_map(entry, entry.predicted, CONTRAST_METHODS[0])
 
 
+@user_errors
 def contrast_follow(image: str | None, open_tab: str, target: str, method: str, opacity: float) -> tuple:
     """A new image: redo the contrast map if the Grad-CAM tab is on screen, else clear it.
 
@@ -135,9 +139,10 @@ def contrast_follow(image: str | None, open_tab: str, target: str, method: str, 
     """
     if open_tab != "gradcam" or image is None:
         return None, ""
+    entry, chosen = _entry_and_target(image, target)
     # Ahead of a change of class for the image on screen: then any class is drawn at once.
-    CACHE.every_class(CACHE.entry(image))
-    return contrast(image, target, method, opacity)
+    CACHE.every_class(entry)
+    return _contrast_outputs(entry, chosen, method, opacity)
 
 
 def build(ctx: Ctx) -> None:
