@@ -484,7 +484,7 @@ def main() -> None:
         with running_app(tmp / "app.log", wait_warm=not q) as (url, proc, up, warm):
             results["server"] = {"page_up_s": up, "warm_up_done_s": warm}
             if "browser" not in skip:
-                results.update(browser_timings(url, clicks=2 if q else 8, changes=1 if q else 5, uploads=1 if q else 5,
+                results.update(browser_timings(url, clicks=2 if q else 8, changes=1 if q else 11, uploads=1 if q else 5,
                                                tmp=tmp))
             if "client" not in skip:
                 results.update(client_timings(url, 2 if q else 10, tmp))
