@@ -5,14 +5,14 @@ sha256 finds what was already computed for it: the 32x32 input, the
 prediction, the activations and the Grad-CAM maps of every
 class asked for so far. So moving the opacity slider or switching the colour
 scale computes nothing, and a new target class costs one backward pass through
-the kept forward (``insight.gradcam.GradCamPass``) of the few most recent
+the kept forward pass (an ``insight.gradcam.Pass``) of the few most recent
 images. Two events asking about the same new image at once wait for one
 computation instead of running two.
 
 Bounded: at most ``max_images`` analyses (oldest dropped first) and, of those,
 ``max_passes`` kept forward passes (a pass holds the graph of layer2..layer4,
-about 15 MB at batch 1). ``warm`` fills it in the background with the shipped
-samples after start-up.
+about 15 MB at batch 1). ``warm`` fills it with the shipped samples; the
+server calls it in the background after start-up.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from insight.gradcam import GradCamPass, analysis_of
+from insight.gradcam import Pass, analysis_of
 from resnet import preprocess
 from resnet.constants import NUM_CLASSES
-from resnet.model import ResNet
 
 
 @dataclass
@@ -57,12 +56,14 @@ class Entry:
 
 
 class AnalysisCache:
-    def __init__(self, model: ResNet, max_images: int = 48, max_passes: int = 4) -> None:
-        self.model = model
+    def __init__(self, make_pass: Callable[[torch.Tensor], Pass], max_images: int = 48, max_passes: int = 4) -> None:
+        """``make_pass(x)`` runs the network on one model input (``insight.prepacked.grad_cam_passes``
+        picks the fastest way that gives autograd's results)."""
+        self.make_pass = make_pass
         self.max_images = max_images
         self.max_passes = max_passes
         self._entries: OrderedDict[str, Entry] = OrderedDict()
-        self._passes: OrderedDict[str, GradCamPass] = OrderedDict()
+        self._passes: OrderedDict[str, Pass] = OrderedDict()
         self._lock = threading.Lock()  # guards the two dicts and _computing
         self._computing: dict[str, threading.Event] = {}
         self.hits = self.misses = 0
@@ -107,7 +108,7 @@ class AnalysisCache:
         entry.cams[target] = maps
         return maps
 
-    def kept_pass(self, entry: Entry) -> GradCamPass:
+    def kept_pass(self, entry: Entry) -> Pass:
         """The image's forward pass, kept for its other classes; run again if it was dropped.
 
         A view that expects a class change soon (the Grad-CAM tab, for the image on screen)
@@ -118,7 +119,7 @@ class AnalysisCache:
             if run is not None:
                 self._passes.move_to_end(entry.key)
                 return run
-        run = GradCamPass(self.model, model_input(entry.seen))
+        run = self.make_pass(model_input(entry.seen))
         self._keep_pass(entry.key, run)
         return run
 
@@ -141,27 +142,18 @@ class AnalysisCache:
         return entry.extras[key]
 
     def warm(self, paths: Iterable[Path], then: Callable[[Entry], None] | None = None,
-             on_error: Callable[[Path, Exception], None] | None = None,
-             done: Callable[[], None] | None = None) -> threading.Thread:
-        """Analyse ``paths`` in a daemon thread (the server answers meanwhile), calling
-        ``then(entry)`` on each (e.g. to memo what a view shows first) and ``done()`` at
-        the end; returns the thread."""
-
-        def run() -> None:
-            for path in paths:
-                try:
-                    entry = self.entry(path)
-                    if then is not None:
-                        then(entry)
-                except Exception as exc:  # a broken sample must not stop the others
-                    if on_error is not None:
-                        on_error(path, exc)
-            if done is not None:
-                done()
-
-        thread = threading.Thread(target=run, name="analysis-cache-warm", daemon=True)
-        thread.start()
-        return thread
+             on_error: Callable[[Path, Exception], None] | None = None) -> None:
+        """Analyse ``paths`` now, calling ``then(entry)`` on each (e.g. to memo what a view
+        shows first); a file that fails goes to ``on_error`` and the others go on. A server
+        calls this from a background thread (``explorer.layout``)."""
+        for path in paths:
+            try:
+                entry = self.entry(path)
+                if then is not None:
+                    then(entry)
+            except Exception as exc:  # a broken sample must not stop the others
+                if on_error is not None:
+                    on_error(path, exc)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -171,7 +163,7 @@ class AnalysisCache:
     def _compute(self, key: str, data: bytes) -> Entry:
         img, notes = preprocess.load_image_with_notes(data)
         seen = preprocess.to_model_input(img).seen
-        run = GradCamPass(self.model, model_input(seen))
+        run = self.make_pass(model_input(seen))
         # The predicted class's maps are what every new image shows first.
         first = analysis_of(run)
         entry = Entry(key=key, seen=seen, size=img.size, notes=notes, probs=first.probs, logits=first.logits,
@@ -180,7 +172,7 @@ class AnalysisCache:
         self._keep_pass(key, run)
         return entry
 
-    def _keep_pass(self, key: str, run: GradCamPass) -> None:
+    def _keep_pass(self, key: str, run: Pass) -> None:
         with self._lock:
             self._passes[key] = run
             self._passes.move_to_end(key)

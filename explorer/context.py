@@ -30,6 +30,7 @@ from PIL import Image  # noqa: E402
 
 from insight import atlas, render, testset  # noqa: E402
 from insight.architecture import architecture_table  # noqa: E402
+from insight.prepacked import PassMaker  # noqa: E402
 from resnet import CLASSES, STAGE_NAMES, preprocess  # noqa: E402
 from resnet.model import fuse_batchnorm  # noqa: E402
 from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, Checkpoint, load_checkpoint, load_pretrained  # noqa: E402
@@ -69,8 +70,13 @@ MODEL.requires_grad_(False)
 # BatchNorm parameters, so the model card, the architecture table and the sanity check
 # (which re-initialises them) keep using MODEL.
 SERVING = fuse_batchnorm(MODEL).to(memory_format=torch.channels_last).requires_grad_(False)
+# How an image's prediction, activations and Grad-CAM are computed: autograd on SERVING
+# until the server has started, then (PASSES.choose, in the background) SERVING's kernels
+# laid out once for oneDNN with the backward pass written out, ~2/3 of autograd's time,
+# where that engine agrees with autograd (PASSES.reason says why not otherwise).
+PASSES = PassMaker(SERVING)
 # Recent images' analyses, keyed by content: sliders and class changes reuse them.
-CACHE = AnalysisCache(SERVING)
+CACHE = AnalysisCache(PASSES)
 ARCHITECTURE = architecture_table(MODEL)
 DISPLAY = 256  # side in px of the enlarged 32x32 images
 TOP_K = 5

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 import gradio as gr
+import torch
 
 from insight.contrast import import_attribution_libraries
 from resnet import preprocess
@@ -12,7 +15,7 @@ from resnet.weights import MAX_CHECKPOINT_BYTES
 
 from . import classify
 from .cache import Entry
-from .context import ASSETS, CACHE, CARD, USER_EVALUATION, USER_WEIGHTS
+from .context import ASSETS, CACHE, CARD, PASSES, USER_EVALUATION, USER_WEIGHTS
 from .tabs import TABS
 from .ui import TAB_ID_PREFIX, opened
 
@@ -66,10 +69,8 @@ def build_demo() -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks) -> None:
-    # Before any request thread exists (see the function); the first request
-    # would pay this import anyway.
-    import_attribution_libraries()
-
+    # The warm-up starts first, beside the server's own start-up, which waits for none of it.
+    threading.Thread(target=_warm_up, args=(classify.samples_to_warm(),), name="warm-up", daemon=True).start()
     demo.launch(
         allowed_paths=[str(ASSETS)],  # the examples; nothing else on disk is served
         # Checkpoints for the Compare tab are larger than any image; each handler checks its own limit.
@@ -78,17 +79,33 @@ def launch(demo: gr.Blocks) -> None:
         show_error=False,
         prevent_thread_lock=True,
     )
-    # Once the server answers (start-up never waits for it): the shipped samples
-    # are analysed in the background, the opening example first, and every tab
-    # prepares what it shows first for them; a click on a sample is then served
-    # from the cache.
-    samples = classify.samples_to_warm()
-    started = time.perf_counter()
-    CACHE.warm(samples, then=_prepare_views,
-               on_error=lambda path, exc: print(f"warm-up skipped {path.name}: {exc}", flush=True),
-               done=lambda: print(f"warm-up done: {len(samples)} samples in {time.perf_counter() - started:.1f} s",
-                                  flush=True))
     demo.block_thread()
+
+
+def _warm_up(samples: list[Path]) -> None:
+    """What the server does in the background as it starts, on one core (torch's thread count
+    is per thread), so that a request arriving meanwhile keeps the other:
+
+    1. captum's import (see the function), with the matplotlib it pulls in, which Gradio
+       imports on its first event (a third of a second that the first visitor would wait);
+    2. the opening example;
+    3. the choice of the Grad-CAM engine (``insight.prepacked.PassMaker.choose``);
+    4. the other samples.
+
+    Every tab prepares what it shows first for each sample, so a click on one is served
+    from the cache."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+
+    def skipped(path: Path, exc: Exception) -> None:
+        print(f"warm-up skipped {path.name}: {exc}", flush=True)
+
+    import_attribution_libraries()
+    CACHE.warm(samples[:1], then=_prepare_views, on_error=skipped)
+    PASSES.choose()
+    print(f"Grad-CAM engine: {PASSES.engine}" + (f" ({PASSES.reason})" if PASSES.reason else ""), flush=True)
+    CACHE.warm(samples[1:], then=_prepare_views, on_error=skipped)
+    print(f"warm-up done: {len(samples)} samples in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def _prepare_views(entry: Entry) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -13,16 +15,23 @@ from .gradcam import check_input, check_target
 CONTRAST_METHODS: tuple[str, ...] = ("Integrated Gradients", "Occlusion")
 
 
-def import_attribution_libraries() -> None:
-    """Import captum (and the matplotlib it pulls in) now, on the calling thread.
+_IMPORTING = threading.Lock()
 
-    A server calls this before it takes requests: two request threads importing
+
+def import_attribution_libraries() -> None:
+    """Import captum (and the matplotlib it pulls in), one thread at a time; then a no-op.
+
+    Every captum import of the explorer runs after this: two threads importing
     matplotlib at once can meet a half-initialised module (seen: a warm-up's
-    first Integrated Gradients beside the first request). Here, not in
-    ``insight/__init__``, because the training path must reach no captum import.
+    first Integrated Gradients beside the first request). A server calls it in
+    the background as it starts (about 0.6 s that start-up does not wait for); a
+    request that needs captum before that import ends waits for it instead of
+    starting its own. Here, not in ``insight/__init__``, because the training
+    path must reach no captum import.
     """
-    import captum.attr  # noqa: F401
-    import captum.robust  # noqa: F401
+    with _IMPORTING:
+        import captum.attr  # noqa: F401
+        import captum.robust  # noqa: F401
 
 
 def contrast_map(model: ResNet, x: Tensor, target: int, method: str = "Integrated Gradients") -> np.ndarray:
@@ -37,7 +46,8 @@ def contrast_map(model: ResNet, x: Tensor, target: int, method: str = "Integrate
     target = check_target(target)
     if target is None:
         raise ValueError("contrast_map needs a target class")
-    from captum.attr import IntegratedGradients, Occlusion  # lazily, as in analyze
+    import_attribution_libraries()
+    from captum.attr import IntegratedGradients, Occlusion
 
     with torch.inference_mode(False):
         x = x.detach().clone()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +56,23 @@ class Analysis:
 
     def gradcams(self) -> GradCams:
         return GradCams(self.target, self.probs, self.cams)
+
+
+class Pass(Protocol):
+    """One forward pass kept for Grad-CAM of any class: ``GradCamPass`` (autograd, any device),
+    or ``insight.prepacked.PrepackedPass`` (the same results, faster on a CPU)."""
+
+    logits: Tensor  # (N, 10), detached
+    features: dict[str, Tensor]  # "stem", "layer1".."layer4" -> (N, C, h, w), detached
+
+    @property
+    def predicted(self) -> Tensor: ...
+
+    def cams(self, targets: Tensor | Sequence[int] | int | None = None) -> dict[str, Tensor]: ...
+
+    def cams_of_every_class(self) -> dict[str, Tensor]: ...
+
+    def close(self) -> None: ...
 
 
 def check_input(x: Tensor) -> None:
@@ -145,8 +162,13 @@ class GradCamPass:
             with torch.inference_mode(False), torch.enable_grad():
                 # Made here: an inference-mode tensor may not enter the backward.
                 ct = cotangent(self._logits.shape[1]).to(self._logits.dtype)
-                grads = torch.autograd.grad(self._logits, self._stages, grad_outputs=ct, retain_graph=True,
-                                            is_grads_batched=batched)
+                if batched:
+                    grads = torch.autograd.grad(self._logits, self._stages, grad_outputs=ct, retain_graph=True,
+                                                is_grads_batched=True)
+                else:
+                    # The same gradient as grad_outputs=ct, from a scalar: a tensor grad_outputs makes
+                    # torch import sympy (half a second) on a server's first request.
+                    grads = torch.autograd.grad((self._logits * ct).sum(), self._stages, retain_graph=True)
         # weights = spatial mean of the gradient per channel; map = ReLU(sum over channels of weight x activation)
         return {
             name: torch.relu((grad.mean(dim=(-2, -1), keepdim=True) * act.detach()).sum(-3)).float()
@@ -163,7 +185,7 @@ def _norms(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t.detach().float().flatten(1), dim=1)
 
 
-def analysis_of(run: GradCamPass, target: int | None = None) -> Analysis:
+def analysis_of(run: Pass, target: int | None = None) -> Analysis:
     """The ``Analysis`` of the first image of a pass, for ``target`` (default: its prediction)."""
     target = check_target(target)
     logits = run.logits[0].float()

@@ -208,6 +208,9 @@ def _per_example_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
 def _captum_fgsm(model: nn.Module, pixels: Tensor, target: int, epsilon: float, clamp: bool) -> Tensor:
     """One ``captum.robust.FGSM`` step on 0..1 pixels against the normalised model."""
+    from .contrast import import_attribution_libraries
+
+    import_attribution_libraries()
     from captum.robust import FGSM
 
     bounds = {"lower_bound": 0.0, "upper_bound": 1.0} if clamp else {}

@@ -79,9 +79,9 @@ def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 
 
 def load_model(path: Path | str, stem: str = "cifar", num_classes: int = len(CLASSES)) -> ResNet:
-    model = resnet50(num_classes=num_classes, stem=stem)  # type: ignore[arg-type]
+    model = resnet50(num_classes=num_classes, stem=stem, init_weights=False)  # type: ignore[arg-type]
     try:
-        model.load_state_dict(load_state_dict(path), strict=True)
+        model.load_state_dict(load_state_dict(path), strict=True)  # strict: every weight is the file's
     except RuntimeError as exc:
         if isinstance(exc, WeightsError):
             raise
@@ -217,7 +217,7 @@ def checkpoint_from(obj: Any, name: str = "the checkpoint", kind: str = "in-memo
     state, prefix = _strip_prefixes(state)
     stem = check_resnet50_state(state, name)
     dtypes = tuple(sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()}))
-    model = resnet50(stem=stem)
+    model = resnet50(stem=stem, init_weights=False)
     model.load_state_dict(_as_float32(state, model), strict=True)
     return Checkpoint(model.eval(), name, sha256, kind, stem, dtypes, prefix, wrapper)
 
@@ -303,7 +303,7 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
 @functools.lru_cache(maxsize=2)
 def _expected(stem: Stem) -> dict[str, tuple[tuple[int, ...], bool]]:
     """Key -> (shape, is floating) of ResNet-50 with this stem and 10 classes, in module order."""
-    return {k: (tuple(v.shape), v.is_floating_point()) for k, v in resnet50(stem=stem).state_dict().items()}
+    return {k: (tuple(v.shape), v.is_floating_point()) for k, v in resnet50(stem=stem, init_weights=False).state_dict().items()}
 
 
 def _shape(shape: tuple[int, ...]) -> str:

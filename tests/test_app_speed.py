@@ -34,7 +34,7 @@ def test_opacity_and_colour_scale_redraw_from_the_cache(explorer_modules, monkey
 
     monkeypatch.setattr(gradcam, "contrast_map", no_network)
     monkeypatch.setattr(context.CACHE, "_compute", no_network)
-    monkeypatch.setattr("explorer.cache.GradCamPass", no_network)
+    monkeypatch.setattr(context.CACHE, "make_pass", no_network)
     redrawn, note2 = gradcam.gradcam_view(sample, "cat", 0.8, "shared")
     assert len(redrawn) == 4 and "Grad-CAM for **cat**" in note2 and "largest value of all four maps" in note2
     assert 3 in entry.cams  # cat's maps were kept
@@ -51,7 +51,7 @@ def test_a_change_of_class_after_the_follow_up_runs_no_network(explorer_modules,
         raise AssertionError("a change of class ran the network")
 
     monkeypatch.setattr(context.CACHE, "_compute", no_network)
-    monkeypatch.setattr("explorer.cache.GradCamPass", no_network)
+    monkeypatch.setattr(context.CACHE, "make_pass", no_network)
     for name in ("ship", "frog", "truck"):
         overlays, note = gradcam.gradcam_view(sample, name, 0.5, "per map")
         assert len(overlays) == 4 and f"Grad-CAM for **{name}**" in note

@@ -32,6 +32,11 @@ def forwards(model):
     handle.remove()
 
 
+def autograd(model):
+    """Passes through autograd on ``model``: the hook above sees each one's forward."""
+    return lambda x: gradcam.GradCamPass(model, x)
+
+
 def write_image(folder: Path, name: str, seed: int, size: int = 40) -> Path:
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     path = folder / name
@@ -40,7 +45,7 @@ def write_image(folder: Path, name: str, seed: int, size: int = 40) -> Path:
 
 
 def test_the_same_content_under_another_name_is_not_computed_again(model, forwards, tmp_path):
-    cache = AnalysisCache(model)
+    cache = AnalysisCache(autograd(model))
     first = write_image(tmp_path, "a.png", 0)
     copy = tmp_path / "upload-of-the-same.png"
     copy.write_bytes(first.read_bytes())
@@ -55,7 +60,7 @@ def test_the_same_content_under_another_name_is_not_computed_again(model, forwar
 
 
 def test_another_class_costs_a_backward_through_the_kept_forward(model, forwards, tmp_path):
-    cache = AnalysisCache(model)
+    cache = AnalysisCache(autograd(model))
     entry = cache.entry(write_image(tmp_path, "a.png", 1))
     other = (entry.predicted + 1) % 10
     maps = cache.cams(entry, other)
@@ -67,7 +72,7 @@ def test_another_class_costs_a_backward_through_the_kept_forward(model, forwards
 
 
 def test_a_dropped_forward_is_run_again_once(model, forwards, tmp_path):
-    cache = AnalysisCache(model, max_images=10, max_passes=1)
+    cache = AnalysisCache(autograd(model), max_images=10, max_passes=1)
     first = cache.entry(write_image(tmp_path, "a.png", 2))
     cache.entry(write_image(tmp_path, "b.png", 3))  # keeps only b's forward
     assert forwards[0] == 2
@@ -77,7 +82,7 @@ def test_a_dropped_forward_is_run_again_once(model, forwards, tmp_path):
 
 
 def test_it_stays_bounded(model, tmp_path):
-    cache = AnalysisCache(model, max_images=3, max_passes=2)
+    cache = AnalysisCache(autograd(model), max_images=3, max_passes=2)
     entries = [cache.entry(write_image(tmp_path, f"{i}.png", 10 + i)) for i in range(5)]
     assert len(cache) == 3 and len(cache._passes) == 2
     assert cache.entry(tmp_path / "4.png") is entries[4]  # the newest stay
@@ -86,7 +91,7 @@ def test_it_stays_bounded(model, tmp_path):
 
 
 def test_requests_for_the_same_new_image_at_once_share_one_computation(model, forwards, tmp_path):
-    cache = AnalysisCache(model)
+    cache = AnalysisCache(autograd(model))
     path = write_image(tmp_path, "a.png", 4)
     start = threading.Barrier(4)
     got = []
@@ -105,7 +110,7 @@ def test_requests_for_the_same_new_image_at_once_share_one_computation(model, fo
 
 
 def test_a_bad_upload_is_refused_and_leaves_the_cache_working(model, tmp_path):
-    cache = AnalysisCache(model)
+    cache = AnalysisCache(autograd(model))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
     for _ in range(2):  # the failed key is not left "being computed": a retry fails the same way, at once
@@ -117,13 +122,13 @@ def test_a_bad_upload_is_refused_and_leaves_the_cache_working(model, tmp_path):
     assert cache.entry(write_image(tmp_path, "good.png", 5)).seen.shape == (32, 32, 3)
 
 
-def test_warming_analyses_in_the_background_and_reports_broken_files(model, tmp_path):
-    cache = AnalysisCache(model)
+def test_warming_analyses_every_file_and_reports_broken_ones(model, tmp_path):
+    cache = AnalysisCache(autograd(model))
     good = [write_image(tmp_path, f"{i}.png", 20 + i) for i in range(2)]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG garbage")
     errors = []
-    cache.warm([good[0], broken, good[1]], on_error=lambda path, exc: errors.append(path)).join(timeout=120)
+    cache.warm([good[0], broken, good[1]], on_error=lambda path, exc: errors.append(path))
     assert len(cache) == 2 and errors == [broken]
     assert cache.entry(good[1]) is not None and cache.misses == 3
 
@@ -143,7 +148,7 @@ def test_recent_values_are_remade_only_once_they_fall_out() -> None:
 
 
 def test_every_class_is_ready_after_one_batched_backward(model, forwards, tmp_path) -> None:
-    cache = AnalysisCache(model)
+    cache = AnalysisCache(autograd(model))
     entry = cache.entry(write_image(tmp_path, "a.png", 6))
     predicted = {k: v.copy() for k, v in entry.cams[entry.predicted].items()}
     cache.every_class(entry)

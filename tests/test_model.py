@@ -141,6 +141,17 @@ def test_convs_use_kaiming_fan_out_init() -> None:
     assert abs(float(w.std()) - expected_std) / expected_std < 0.05
 
 
+def test_a_model_about_to_be_loaded_skips_the_he_init_and_loads_the_same() -> None:
+    torch.manual_seed(0)
+    trained = resnet50(zero_init_residual=False).eval()
+    bare = resnet50(init_weights=False)
+    assert all(float(b.bn3.weight.detach().min()) == 1.0 for b in bare.blocks().values())  # torch's default, not zero-init
+    bare.load_state_dict(trained.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(bare.eval()(x), trained(x))
+
+
 def test_every_relu_is_its_own_non_inplace_module() -> None:
     m = resnet50()
     relus = [mod for mod in m.modules() if isinstance(mod, nn.ReLU)]
