@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import gradio as gr
-import torch
 
 from insight.contrast import import_attribution_libraries
 from resnet import preprocess
@@ -15,7 +14,7 @@ from resnet.weights import MAX_CHECKPOINT_BYTES
 
 from . import classify
 from .cache import Entry
-from .context import ASSETS, CACHE, CARD, PASSES, USER_EVALUATION, USER_WEIGHTS
+from .context import ASSETS, CACHE, CARD, PASSES, USER_EVALUATION, USER_WEIGHTS, on_one_core
 from .tabs import TABS
 from .ui import TAB_ID_PREFIX, opened
 
@@ -83,8 +82,8 @@ def launch(demo: gr.Blocks) -> None:
 
 
 def _warm_up(samples: list[Path]) -> None:
-    """What the server does in the background as it starts, on one core (torch's thread count
-    is per thread), so that a request arriving meanwhile keeps the other:
+    """What the server does in the background as it starts, on one core (``on_one_core``), so
+    that a request arriving meanwhile keeps the other:
 
     1. captum's import (see the function), with the matplotlib it pulls in, which Gradio
        imports on its first event (a third of a second that the first visitor would wait);
@@ -94,17 +93,17 @@ def _warm_up(samples: list[Path]) -> None:
 
     Every tab prepares what it shows first for each sample, so a click on one is served
     from the cache."""
-    torch.set_num_threads(1)
     started = time.perf_counter()
 
     def skipped(path: Path, exc: Exception) -> None:
         print(f"warm-up skipped {path.name}: {exc}", flush=True)
 
-    import_attribution_libraries()
-    CACHE.warm(samples[:1], then=_prepare_views, on_error=skipped)
-    PASSES.choose()
-    print(f"Grad-CAM engine: {PASSES.engine}" + (f" ({PASSES.reason})" if PASSES.reason else ""), flush=True)
-    CACHE.warm(samples[1:], then=_prepare_views, on_error=skipped)
+    with on_one_core():
+        import_attribution_libraries()
+        CACHE.warm(samples[:1], then=_prepare_views, on_error=skipped)
+        PASSES.choose()
+        print(f"Grad-CAM engine: {PASSES.engine}" + (f" ({PASSES.reason})" if PASSES.reason else ""), flush=True)
+        CACHE.warm(samples[1:], then=_prepare_views, on_error=skipped)
     print(f"warm-up done: {len(samples)} samples in {time.perf_counter() - started:.1f} s", flush=True)
 
 

@@ -16,14 +16,16 @@ Why it is faster, at batch 1 on a CPU (what the explorer runs):
   its channels swapped (also reordered once), through the three stride-2 ones a
   transposed conv. No graph is recorded, so there is no autograd bookkeeping either.
 
-``PrepackedResNet`` is built from a ResNet with BatchNorm folded in
-(``resnet.model.fuse_batchnorm``); ``PrepackedResNet.run(x)`` returns a
-``PrepackedPass`` with the interface of ``insight.gradcam.GradCamPass`` (``logits``,
-``features``, ``cams``, ``cams_of_every_class``), which stays the reference: it runs
-on any device and model. ``grad_cam_passes(model)`` picks between the two once:
-the prepacked engine only where oneDNN runs it and its logits, features and maps on
-a probe image equal autograd's (to float rounding); otherwise autograd, with the
-reason.
+``PrepackedResNet`` is built from a ResNet in eval mode (BatchNorm is folded in,
+``resnet.model.fuse_batchnorm``); ``PrepackedResNet.run(x)`` returns a
+``PrepackedPass`` with the interface of ``insight.gradcam.Pass`` (``logits``,
+``features``, ``cams``, ``cams_of_every_class``). ``insight.gradcam.GradCamPass``
+(autograd) stays the reference: it runs on any device and model. A ``PassMaker``
+makes a model's passes: autograd until ``choose()`` has checked the prepacked engine
+on a probe image against it (logits, features and maps equal to float rounding), the
+prepacked engine from then on if it agreed; ``grad_cam_passes(model)`` is a maker
+that has chosen. Measured by ``bench/app_latency.py`` (the full analysis beside
+autograd's and pytorch-grad-cam's) and held to autograd by ``tests/test_prepacked.py``.
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ class PassMaker:
 
     Starts on autograd (``GradCamPass``); ``choose()`` builds the prepacked engine, checks
     it against autograd on a probe image and switches to it where it agrees (about half
-    a second, once: a server runs it off the request path, after it starts answering).
+    a second, once: the explorer runs it in its background warm-up, off the request path).
     ``engine`` says which engine runs now and ``reason`` why autograd was kept, if it was.
     Both engines give the same results, so passes made before and after the switch agree.
     """

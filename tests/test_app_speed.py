@@ -106,3 +106,43 @@ def test_a_new_image_costs_the_analysis_and_one_follow_up(tmp_path) -> None:
         expect(page.locator("#true-class")).to_contain_text("cat_0.png", timeout=60_000)
         page.wait_for_timeout(2000)
         assert events == ["analyze", "follow"], events
+
+
+def test_overlays_are_encoded_once_into_gradios_cache_and_served_from_there(explorer_modules) -> None:
+    """The Grad-CAM overlays come to the gallery as WebP files already in Gradio's cache (Gradio's own
+    encoder is 3.5x slower), named by content: the same overlay is one file, written once."""
+    import numpy as np
+    from gradio.utils import get_upload_folder
+    from PIL import Image
+
+    context, _, _, gradcam = explorer_modules
+    image = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    first = context.webp_in_cache(image)
+    assert context.webp_in_cache(image.copy()) == first
+    assert Path(first).resolve().is_relative_to(Path(get_upload_folder()).resolve())
+    with Image.open(first) as im:
+        assert im.format == "WEBP" and im.size == (256, 256)
+    other = image.copy()
+    other[0, 0] ^= 255
+    assert context.webp_in_cache(other) != first
+    # The same view twice names the same files: the browser holds them already.
+    sample = str(SAMPLES[4])
+    first_view, _ = gradcam.gradcam_view(sample, "dog", 0.65, "shared")
+    gradcam.gradcam_view(sample, "dog", 0.3, "shared")
+    assert gradcam.gradcam_view(sample, "dog", 0.65, "shared")[0] == first_view
+
+
+def test_the_opacity_slider_redraws_the_contrast_map_without_computing_it(explorer_modules, monkeypatch) -> None:
+    import gradio as gr
+
+    context, _, _, gradcam = explorer_modules
+    sample = str(SAMPLES[8])
+    assert gradcam.contrast_view(sample, "cat", "Occlusion", 0.5) == (gr.skip(), gr.skip())  # not computed yet
+    image, note = gradcam.contrast(sample, "cat", "Occlusion", 0.5)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the slider recomputed the contrast map")
+
+    monkeypatch.setattr(gradcam, "contrast_map", no_network)
+    redrawn, same_note = gradcam.contrast_view(sample, "cat", "Occlusion", 0.9)
+    assert redrawn != image and same_note == note

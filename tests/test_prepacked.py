@@ -140,6 +140,18 @@ def test_the_model_is_left_as_it_was(model):
 # ----- choosing the engine -------------------------------------------------------------------
 
 
+def test_a_maker_runs_autograd_until_it_has_chosen_and_both_answer_alike(model):
+    maker = prepacked.PassMaker(model)
+    assert maker.engine == "autograd" and "not checked yet" in maker.reason
+    x = image(1, 3, 32, 32, seed=4)
+    before = maker(x)
+    assert isinstance(before, gradcam.GradCamPass)
+    assert maker.choose() == "prepacked oneDNN" and maker.reason == ""
+    after = maker(x)
+    assert isinstance(after, prepacked.PrepackedPass)
+    assert prepacked.disagreement(before, after) == ""
+
+
 def test_the_prepacked_engine_is_chosen_where_it_agrees(model):
     maker = prepacked.grad_cam_passes(model)
     assert (maker.engine, maker.reason) == ("prepacked oneDNN", "")

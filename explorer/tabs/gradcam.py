@@ -10,11 +10,13 @@ from insight.contrast import CONTRAST_METHODS, contrast_map
 from resnet import CLASSES, STAGE_NAMES
 
 from ..cache import Entry, Recent
-from ..context import CACHE, DISPLAY, PREDICTED, SERVING, STRIDES, TARGET_CHOICES, target_index, user_errors
+from ..context import (CACHE, DISPLAY, PREDICTED, SERVING, STRIDES, TARGET_CHOICES, target_index, user_errors,
+                       webp_in_cache)
 from ..ui import Ctx
 
 SCALES = ("per map", "shared")
 _LAYERS = Recent(8)  # (image, class, scale) -> the enlarged image and the four coloured maps, ~1 MB each
+_FILES = Recent(64)  # (image, class, scale, opacity) -> the four overlays' files
 CONTRAST_WHAT = {
     "Integrated Gradients": "pixel-level: |gradient x (image - mean image)| integrated along the path, summed over RGB",
     "Occlusion": "how much the logit drops when an 8x8 patch is replaced by the data set's mean colour (stride 4)",
@@ -38,12 +40,8 @@ def cam_view(entry: Entry, target: int, cams: dict[str, np.ndarray], opacity: fl
     """The four overlays and the sentence under them: drawn from maps already computed."""
     opacity = _check_view(opacity, scale)
     shared = max(float(m.max()) for m in cams.values())
-    # The enlarged image and the coloured maps do not depend on the opacity: kept for the last
-    # few views, so moving the slider is four blends.
-    base, layers = _LAYERS.get((entry.key, target, scale), lambda: (render.enlarge(entry.seen, DISPLAY), {
-        name: render.heat(cam, DISPLAY, shared if scale == "shared" else None) for name, cam in cams.items()
-    }))
-    gallery = [(render.blend(base, layers[name], opacity), _stage_caption(name, cams[name])) for name in STAGE_NAMES]
+    gallery = list(zip(_overlay_files(entry, target, cams, opacity, scale),
+                       (_stage_caption(name, cams[name]) for name in STAGE_NAMES)))
     sizes = ", ".join(f"{n} {m.shape[0]}x{m.shape[1]} (1 cell = {STRIDES[n]}x{STRIDES[n]} px)" for n, m in cams.items())
     predicted = entry.predicted
     note = (
@@ -54,6 +52,22 @@ def cam_view(entry: Entry, target: int, cams: dict[str, np.ndarray], opacity: fl
         "coarse by construction; the smooth look comes from bilinear upsampling."
     )
     return gallery, note
+
+
+def _overlay_files(entry: Entry, target: int, cams: dict[str, np.ndarray], opacity: float, scale: str) -> list[str]:
+    """The four overlays' files (layer1..layer4): made once per image, class, scale and opacity
+    of the last few views, so going back to one sends the files the browser already holds."""
+
+    def make() -> list[str]:
+        # The enlarged image and the coloured maps do not depend on the opacity: kept for the
+        # last few views, so moving the slider is four blends.
+        shared = max(float(m.max()) for m in cams.values())
+        base, layers = _LAYERS.get((entry.key, target, scale), lambda: (render.enlarge(entry.seen, DISPLAY), {
+            name: render.heat(cam, DISPLAY, shared if scale == "shared" else None) for name, cam in cams.items()
+        }))
+        return [webp_in_cache(render.blend(base, layers[name], opacity)) for name in STAGE_NAMES]
+
+    return _FILES.get((entry.key, target, scale, round(opacity, 4)), make)
 
 
 def cam_outputs(entry: Entry, target: int, opacity: float, scale: str) -> tuple:
@@ -108,12 +122,29 @@ def contrast(image: str | None, target: str, method: str, opacity: float) -> tup
     return _contrast_outputs(*_entry_and_target(image, target), method, opacity)
 
 
-def _contrast_outputs(entry: Entry, chosen: int, method: str, opacity: float) -> tuple:
+@user_errors
+def contrast_view(image: str | None, target: str, method: str, opacity: float) -> tuple:
+    """The contrast map redrawn at a new opacity from the map already computed, or nothing when
+    it is not (the computation under way draws it): never computes, so it skips the queue."""
+    if image is None:
+        return None, ""
+    entry, chosen = _entry_and_target(image, target)
+    _check_method(method)
+    if ("contrast", chosen, method) not in entry.extras:
+        return gr.skip(), gr.skip()
+    return _contrast_outputs(entry, chosen, method, opacity)
+
+
+def _check_method(method: str) -> None:
     if method not in CONTRAST_METHODS:
         raise ValueError(f"Unknown method {method!r}; use one of {', '.join(CONTRAST_METHODS)}.")
+
+
+def _contrast_outputs(entry: Entry, chosen: int, method: str, opacity: float) -> tuple:
+    _check_method(method)
     attribution = _contrast_map(entry, chosen, method)
     return (
-        render.overlay(entry.seen, attribution, opacity=float(opacity), size=DISPLAY),
+        webp_in_cache(render.overlay(entry.seen, attribution, opacity=float(opacity), size=DISPLAY)),
         f"**{method}** for **{CLASSES[chosen]}**: {CONTRAST_WHAT[method]}. "
         "Unlike Grad-CAM it does not look inside the network's stages.",
     )
@@ -163,7 +194,7 @@ def build(ctx: Ctx) -> None:
             rows=1,
             height=300,
             object_fit="contain",
-            format="webp",  # a sixth of PNG's bytes for these smooth overlays
+            format="webp",  # the overlays come encoded already (context.webp_in_cache), as WebP: a sixth of PNG's bytes
             elem_id="gradcam-gallery",
         )
         note = gr.Markdown(label="Grad-CAM note")
@@ -176,7 +207,7 @@ def build(ctx: Ctx) -> None:
             with gr.Column(scale=1):
                 method = gr.Radio(list(CONTRAST_METHODS), value=CONTRAST_METHODS[0], label="Method")
                 contrast_note = gr.Markdown(label="contrast note")
-            contrast_image = gr.Image(label="Attribution", interactive=False, format="png", height=256, scale=1,
+            contrast_image = gr.Image(label="Attribution", interactive=False, format="webp", height=256, scale=1,
                                       elem_id="contrast-image")
     ctx.controls.update(target=target, opacity=opacity, scale=scale)
     ctx.outputs.update(cams=cams, cam_note=note, cam_raw=raw)
@@ -200,8 +231,10 @@ def build(ctx: Ctx) -> None:
         queue=False,
     )
     contrast_inputs, contrast_outputs = [ctx.image, target, method, opacity], [contrast_image, contrast_note]
-    gr.on([tab.select, method.change, opacity.release], contrast, inputs=contrast_inputs, outputs=contrast_outputs,
-          api_name="contrast")
+    gr.on([tab.select, method.change], contrast, inputs=contrast_inputs, outputs=contrast_outputs, api_name="contrast")
+    # The slider redraws the contrast map too, from the map computed: beside the overlays, not behind the queue.
+    opacity.release(contrast_view, inputs=contrast_inputs, outputs=contrast_outputs, api_name="contrast_view",
+                    api_visibility="private", queue=False)
     changed.then(contrast, inputs=contrast_inputs, outputs=contrast_outputs, api_name="contrast_for_target",
                  api_visibility="private")
     ctx.follow(contrast_follow, inputs=[target, method, opacity], outputs=[contrast_image, contrast_note])
