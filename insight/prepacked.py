@@ -319,34 +319,39 @@ class PassMaker:
         return self.engine
 
 
-# Two correct float32 computations agree to ~1e-6 of a tensor's scale, and to ~1e-3 of a
-# map's peak where rounding flips a ReLU whose input sits at zero; a wrong kernel (a lost
-# bias, a mask out of place) moves them by far more than this.
-AGREEMENT = 1e-2
+# Two correct float32 computations of the forward pass agree to ~1e-6 of each tensor's scale.
+# Their Grad-CAM maps agree as closely, except where rounding puts a pre-activation on the
+# other side of zero: that ReLU then passes gradient in one and not in the other, which has
+# moved a small map by 1.6% of its peak in the tests' random nets. So the forward pass is
+# held tight (a wrong kernel, even one lost bias, moves the logits by ~1e-3) and the maps
+# loosely (a wrong backward step moves them by tens of percent).
+FORWARD_AGREEMENT = 1e-4
+MAPS_AGREEMENT = 5e-2
 
 
 def disagreement(reference: Pass, candidate: Pass, classes: tuple[int, ...] = (0, 3, 7)) -> str:
-    """'' when two passes of one input give the same logits, features and maps (of the
-    prediction and of ``classes``, one at a time and all at once), within ``AGREEMENT`` of
-    each tensor's own scale; else what differs. ``reference`` is only asked for one class at
-    a time: autograd's batched backward makes torch import sympy, half a second of a start."""
+    """'' when two passes of one input give the same logits and features (within
+    ``FORWARD_AGREEMENT`` of each tensor's scale) and the same maps of the prediction and
+    of ``classes``, one at a time and all at once (within ``MAPS_AGREEMENT``); else what
+    differs. ``reference`` is only asked for one class at a time: autograd's batched
+    backward makes torch import sympy, half a second of a start."""
 
-    def off(a: Tensor, b: Tensor) -> bool:
+    def off(a: Tensor, b: Tensor, within: float) -> bool:
         scale = float(a.abs().max()) or 1.0
-        return a.shape != b.shape or float((a - b.to(a.dtype)).abs().max()) > AGREEMENT * scale
+        return a.shape != b.shape or float((a - b.to(a.dtype)).abs().max()) > within * scale
 
-    if off(reference.logits, candidate.logits):
+    if off(reference.logits, candidate.logits, FORWARD_AGREEMENT):
         return "the logits differ"
     for name, act in reference.features.items():
-        if off(act, candidate.features[name]):
+        if off(act, candidate.features[name], FORWARD_AGREEMENT):
             return f"the {name} activations differ"
     every = candidate.cams_of_every_class()
     for c in dict.fromkeys([int(reference.predicted[0]), *classes]):
         expected, got = reference.cams(c), candidate.cams(c)
         for name, maps in expected.items():
-            if off(maps, got[name]):
+            if off(maps, got[name], MAPS_AGREEMENT):
                 return f"the {name} Grad-CAM of class {c} differs"
-            if off(maps, every[name][c]):
+            if off(maps, every[name][c], MAPS_AGREEMENT):
                 return f"the {name} Grad-CAM of class {c} differs when every class is computed at once"
     return ""
 
