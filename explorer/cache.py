@@ -10,8 +10,9 @@ images. Two events asking about the same new image at once wait for one
 computation instead of running two.
 
 Bounded: at most ``max_images`` analyses (oldest dropped first) and, of those,
-``max_passes`` kept forward passes (a pass holds the graph of layer2..layer4,
-about 15 MB at batch 1). ``warm`` fills it with the shipped samples; the
+``max_passes`` kept forward passes (a pass holds what its backward reads: the
+graph of layer2..layer4, or the prepacked engine's ReLU outputs; 10-15 MB at
+batch 1). ``warm`` fills it with the shipped samples; the
 server calls it in the background after start-up.
 """
 
