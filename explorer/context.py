@@ -216,9 +216,9 @@ def no_image() -> None:
 
 @contextlib.contextmanager
 def on_one_core() -> Iterator[None]:
-    """Slow, secondary work (a contrast map, the warm-up) on one core of the two, so that an
-    interactive answer arriving meanwhile (a slider, a class change, another visitor's click)
-    keeps the other. torch's thread count is per thread: this one's is restored after."""
+    """Background work (the warm-up) on one core of the two, so that an interactive answer
+    arriving meanwhile (a click, a slider, another visitor's upload) keeps the other.
+    torch's thread count is per thread: this one's is restored after."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
