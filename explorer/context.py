@@ -18,13 +18,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # import) the search for one.
 os.environ.setdefault("MPLBACKEND", "agg")
 
-import contextlib  # noqa: E402
 import functools  # noqa: E402
 import hashlib  # noqa: E402
 import io  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Iterator  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
@@ -212,19 +211,6 @@ NO_IMAGE = "No image yet: pick one of the test images above or upload your own, 
 
 def no_image() -> None:
     gr.Warning(NO_IMAGE, title="No image")
-
-
-@contextlib.contextmanager
-def on_one_core() -> Iterator[None]:
-    """Background work (the warm-up) on one core of the two, so that an interactive answer
-    arriving meanwhile (a click, a slider, another visitor's upload) keeps the other.
-    torch's thread count is per thread: this one's is restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def webp_in_cache(image: np.ndarray) -> str:

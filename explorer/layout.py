@@ -14,7 +14,7 @@ from resnet.weights import MAX_CHECKPOINT_BYTES
 
 from . import classify
 from .cache import Entry
-from .context import ASSETS, CACHE, CARD, PASSES, USER_EVALUATION, USER_WEIGHTS, on_one_core
+from .context import ASSETS, CACHE, CARD, PASSES, USER_EVALUATION, USER_WEIGHTS
 from .tabs import TABS
 from .ui import TAB_ID_PREFIX, opened
 
@@ -68,8 +68,10 @@ def build_demo() -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks) -> None:
-    # The warm-up starts first, beside the server's own start-up, which waits for none of it.
-    threading.Thread(target=_warm_up, args=(classify.samples_to_warm(),), name="warm-up", daemon=True).start()
+    # Before any other thread exists (see the function): importing it in the warm-up, beside
+    # the server's start-up, left the warm-up hung on an import lock in a test. Gradio imports
+    # the matplotlib it pulls in on its first event, so the first request would pay it anyway.
+    import_attribution_libraries()
     demo.launch(
         allowed_paths=[str(ASSETS)],  # the examples; nothing else on disk is served
         # Checkpoints for the Compare tab are larger than any image; each handler checks its own limit.
@@ -78,18 +80,17 @@ def launch(demo: gr.Blocks) -> None:
         show_error=False,
         prevent_thread_lock=True,
     )
+    # Once the server answers, and start-up waits for none of it: the warm-up.
+    threading.Thread(target=_warm_up, args=(classify.samples_to_warm(),), name="warm-up", daemon=True).start()
     demo.block_thread()
 
 
 def _warm_up(samples: list[Path]) -> None:
-    """What the server does in the background as it starts, on one core (``on_one_core``), so
-    that a request arriving meanwhile keeps the other:
+    """What the server does in the background once it answers:
 
-    1. captum's import (see the function), with the matplotlib it pulls in, which Gradio
-       imports on its first event (a third of a second that the first visitor would wait);
-    2. the opening example;
-    3. the choice of the Grad-CAM engine (``insight.prepacked.PassMaker.choose``);
-    4. the other samples.
+    1. the opening example;
+    2. the choice of the Grad-CAM engine (``insight.prepacked.PassMaker.choose``);
+    3. the other samples.
 
     Every tab prepares what it shows first for each sample, so a click on one is served
     from the cache."""
@@ -98,12 +99,10 @@ def _warm_up(samples: list[Path]) -> None:
     def skipped(path: Path, exc: Exception) -> None:
         print(f"warm-up skipped {path.name}: {exc}", flush=True)
 
-    with on_one_core():
-        import_attribution_libraries()
-        CACHE.warm(samples[:1], then=_prepare_views, on_error=skipped)
-        PASSES.choose()
-        print(f"Grad-CAM engine: {PASSES.engine}" + (f" ({PASSES.reason})" if PASSES.reason else ""), flush=True)
-        CACHE.warm(samples[1:], then=_prepare_views, on_error=skipped)
+    CACHE.warm(samples[:1], then=_prepare_views, on_error=skipped)
+    PASSES.choose()
+    print(f"Grad-CAM engine: {PASSES.engine}" + (f" ({PASSES.reason})" if PASSES.reason else ""), flush=True)
+    CACHE.warm(samples[1:], then=_prepare_views, on_error=skipped)
     print(f"warm-up done: {len(samples)} samples in {time.perf_counter() - started:.1f} s", flush=True)
 
 
