@@ -58,8 +58,8 @@ class Entry:
 
 class AnalysisCache:
     def __init__(self, make_pass: Callable[[torch.Tensor], Pass], max_images: int = 48, max_passes: int = 4) -> None:
-        """``make_pass(x)`` runs the network on one model input (``insight.prepacked.grad_cam_passes``
-        picks the fastest way that gives autograd's results)."""
+        """``make_pass(x)`` runs the network on one model input (the explorer's is an
+        ``insight.prepacked.PassMaker``: the fastest way that gives autograd's results)."""
         self.make_pass = make_pass
         self.max_images = max_images
         self.max_passes = max_passes

@@ -40,7 +40,7 @@ def cam_view(entry: Entry, target: int, cams: dict[str, np.ndarray], opacity: fl
     """The four overlays and the sentence under them: drawn from maps already computed."""
     opacity = _check_view(opacity, scale)
     shared = max(float(m.max()) for m in cams.values())
-    gallery = list(zip(_overlay_files(entry, target, cams, opacity, scale),
+    gallery = list(zip(_overlay_files(entry, target, cams, opacity, scale, shared),
                        (_stage_caption(name, cams[name]) for name in STAGE_NAMES)))
     sizes = ", ".join(f"{n} {m.shape[0]}x{m.shape[1]} (1 cell = {STRIDES[n]}x{STRIDES[n]} px)" for n, m in cams.items())
     predicted = entry.predicted
@@ -54,14 +54,15 @@ def cam_view(entry: Entry, target: int, cams: dict[str, np.ndarray], opacity: fl
     return gallery, note
 
 
-def _overlay_files(entry: Entry, target: int, cams: dict[str, np.ndarray], opacity: float, scale: str) -> list[str]:
+def _overlay_files(entry: Entry, target: int, cams: dict[str, np.ndarray], opacity: float, scale: str,
+                   shared: float) -> list[str]:
     """The four overlays' files (layer1..layer4): made once per image, class, scale and opacity
-    of the last few views, so going back to one sends the files the browser already holds."""
+    of the last few views, so going back to one sends the files the browser already holds.
+    ``shared`` is the largest value of the four maps, the top of the "shared" colour scale."""
 
     def make() -> list[str]:
         # The enlarged image and the coloured maps do not depend on the opacity: kept for the
         # last few views, so moving the slider is four blends.
-        shared = max(float(m.max()) for m in cams.values())
         base, layers = _LAYERS.get((entry.key, target, scale), lambda: (render.enlarge(entry.seen, DISPLAY), {
             name: render.heat(cam, DISPLAY, shared if scale == "shared" else None) for name, cam in cams.items()
         }))
