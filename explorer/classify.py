@@ -55,7 +55,8 @@ def build_panel() -> Ctx:
             )
             label = gr.Label(num_top_classes=TOP_K, label="Prediction (top 5)", elem_id="prediction")
             truth = gr.Markdown(label="true class", elem_id="true-class")
-    ctx = Ctx(image=image, analysed=seen, open_tab=gr.State("gradcam"))
+    # The tab on screen, as the browser reports it (ui.OPEN_TAB_JS); "gradcam" until the tabs are drawn.
+    ctx = Ctx(image=image, analysed=seen, open_tab=gr.Textbox("gradcam", visible=False))
     ctx.outputs.update(label=label, truth=truth)
     classify_button = gr.Button("classify", visible=False)
     classify_button.click(classify, inputs=[image], outputs=[label], api_name="classify")

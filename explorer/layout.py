@@ -16,7 +16,7 @@ from . import classify
 from .cache import Entry
 from .context import ASSETS, CACHE, CARD, PASSES, USER_EVALUATION, USER_WEIGHTS
 from .tabs import TABS
-from .ui import TAB_ID_PREFIX, opened
+from .ui import TAB_ID_PREFIX
 
 
 def _header_markdown() -> str:
@@ -55,16 +55,34 @@ def build_demo() -> gr.Blocks:
         for tab in tabs.children:
             # The follow-up event reads which tab is on screen from these ids (ui.OPEN_TAB_JS).
             tab.elem_id = tab.elem_id or f"{TAB_ID_PREFIX}{tab.id}"
-            tab.select(opened(tab.id), outputs=[ctx.open_tab], queue=False, api_name=f"open_{tab.id}",
-                       api_visibility="private")
         classify.wire_analysis(ctx, demo)
         for tab in TABS:
             if hasattr(tab, "on_unload"):  # a tab holding per-session resources frees them when the page closes
                 demo.unload(tab.on_unload)
+        answer_the_latest_move(demo)
     # Two requests at a time on a 2-core CPU; a bounded queue answers "busy"
     # instead of piling up work.
     demo.queue(default_concurrency_limit=2, max_size=32)
     return demo
+
+
+# Events that keep Gradio's "once": a timer tick that finds the last one still running is
+# rightly dropped (the next comes soon), and the page's load and unload happen once.
+ONCE = {"tick", "load", "unload"}
+
+
+def answer_the_latest_move(demo: gr.Blocks) -> None:
+    """Every event a user's move fires is answered for the controls' latest values.
+
+    Gradio's default for all but ``.change`` events is "once": the browser drops an event fired
+    while the same one is still running. A slider released, a class or a tab chosen, a sample
+    clicked while the last answer is on its way would then be lost without a word, and the view
+    would stay drawn for the values before. "always_last" runs it once more when the pending one
+    ends, with the values of that moment (moves in between collapse into that one run).
+    """
+    for fn in demo.fns.values():
+        if fn.trigger_mode == "once" and not {event for _, event in fn.targets} & ONCE:
+            fn.trigger_mode = "always_last"
 
 
 def launch(demo: gr.Blocks) -> None:

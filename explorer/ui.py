@@ -29,12 +29,9 @@ class UploadImage(gr.Image):
 
 @dataclass(frozen=True)
 class Follower:
-    """What one tab redoes for a new image: ``fn(image, open_tab, *inputs) -> outputs``.
+    """What tab ``tab`` redoes for a new image while it is on screen: ``fn(image, *inputs) -> outputs``."""
 
-    ``fn`` computes only while its tab is on screen (``open_tab``) and otherwise
-    clears its outputs, so nothing stale shows and no hidden view costs time.
-    """
-
+    tab: str
     fn: Callable[..., Any]
     inputs: list[gr.components.Component]
     outputs: list[gr.components.Component]
@@ -49,42 +46,43 @@ class Ctx:
 
     image: gr.Image
     analysed: gr.Image  # the 32x32 image the model saw; changes after each analysis
-    open_tab: gr.State  # id of the tab on screen: followers skip work for hidden tabs
+    # Id of the tab on screen, filled in by the browser (OPEN_TAB_JS) for the follow-up event. Not
+    # a gr.State: the server keeps a State's value itself and ignores what the browser sends for it.
+    open_tab: gr.components.Component
     controls: dict[str, gr.components.Component] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     followers: list[Follower] = field(default_factory=list)
 
-    def follow(self, fn: Callable[..., Any], inputs: list, outputs: list) -> None:
-        """Run ``fn(image, open_tab, *inputs)`` into ``outputs`` after every new image's analysis."""
-        self.followers.append(Follower(fn, list(inputs), list(outputs)))
+    def follow(self, tab: str, fn: Callable[..., Any], inputs: list, outputs: list) -> None:
+        """Run ``fn(image, *inputs)`` into ``outputs`` after every new image's analysis while tab ``tab`` is on screen."""
+        self.followers.append(Follower(tab, fn, list(inputs), list(outputs)))
 
     def follow_all(self, image: Any, open_tab: str, *values: Any) -> list[Any]:
-        """The one event behind every follower: each gets its own inputs, in registration order."""
+        """The one event behind every follower: the tab on screen computes from its own inputs;
+        every other tab's outputs are left as they are (``gr.skip``), neither computed nor cleared.
+
+        Opening a tab draws it for the current image (each tab's select event). A hidden tab
+        cleared here instead would race that drawing: this event, triggered while the tab was
+        hidden, can end after the user opened it and its select had drawn it, and wipe it."""
         out: list[Any] = []
         start = 0
         for follower in self.followers:
             args = values[start : start + len(follower.inputs)]
             start += len(follower.inputs)
-            result = follower.fn(image, open_tab, *args)
+            if follower.tab != open_tab:
+                out.extend(gr.skip() for _ in follower.outputs)
+                continue
+            result = follower.fn(image, *args)
             out.extend(result if len(follower.outputs) > 1 else [result])
         return out
 
 
 TAB_ID_PREFIX = "tab-"  # a tab's panel is the element with id TAB_ID_PREFIX + its id
 # Runs in the browser before the follow-up event: which tab is on screen, read from the page
-# itself. The server's record (Ctx.open_tab, set by each tab's select event) can lag behind a
-# click: while the tab bar lays itself out, Gradio sends a select for the first tab that may be
-# processed after the user's own.
+# itself when the event fires. A record kept on the server by each tab's select event can be
+# stale: while the tab bar lays itself out, Gradio sends a select for the first tab, which may
+# be processed after the user's own.
 OPEN_TAB_JS = f"""(image, open_tab, ...rest) => {{
   const shown = [...document.querySelectorAll('.tabitem[id^="{TAB_ID_PREFIX}"]')].find(e => e.offsetParent !== null);
   return [image, shown ? shown.id.slice({len(TAB_ID_PREFIX)}) : open_tab, ...rest];
 }}"""
-
-
-def opened(tab_id: str) -> Callable[[], str]:
-    """Event handler that records which tab is open (for follow-ups of a new image)."""
-
-    def remember() -> str:
-        return tab_id
-
-    return remember

@@ -60,6 +60,21 @@ def test_api_lists_named_endpoints(client):
     assert {"/classify", "/analyze", "/gradcam", "/feature_maps", "/block_anatomy", "/contrast"} <= names
 
 
+def test_a_move_made_while_its_last_answer_is_on_its_way_is_answered_too(client):
+    """Gradio's default ("once") drops an event fired while the same one runs: a slider released or
+    a sample clicked during a slow answer would leave the view drawn for the values before."""
+    config = client.config
+    components = {c["id"]: c for c in config["components"]}
+    dropped = {d["api_name"]: [t[1] for t in d["targets"]] for d in config["dependencies"]
+               if d["trigger_mode"] != "always_last"}
+    assert dropped == {"replay_tick": ["tick"], "opening_example": ["load"], "on_unload": ["unload"]}
+    # The follow-up reads the tab on screen from the page into a component whose value the
+    # browser sends (a gr.State's value is kept on the server, whatever the browser says).
+    follow = next(d for d in config["dependencies"] if d["api_name"] == "follow")
+    assert "offsetParent" in follow["js"]
+    assert components[follow["inputs"][1]]["type"] != "state"
+
+
 def test_classify_returns_top5_of_the_model(client, local_probs):
     for path in (SAMPLES[0], SAMPLES[-1]):
         check_label(classify(client, path), local_probs(path))

@@ -44,7 +44,7 @@ def test_a_change_of_class_after_the_follow_up_runs_no_network(explorer_modules,
     context, _, _, gradcam = explorer_modules
     sample = str(SAMPLES[5])
     gradcam.gradcam(sample, "predicted class", 0.5, "per map")
-    gradcam.contrast_follow(sample, "gradcam", "predicted class", "Integrated Gradients", 0.5)
+    gradcam.contrast_follow(sample, "predicted class", "Integrated Gradients", 0.5)
     assert len(context.CACHE.entry(sample).cams) == 10  # every class's maps, ahead of a change
 
     def no_network(*args, **kwargs):
@@ -67,18 +67,42 @@ def test_raw_values_are_sent_only_while_their_panel_is_open(explorer_modules) ->
     assert raw["target"] == "ship" and [len(raw["maps"][s]) for s in ("layer1", "layer4")] == [32, 4]
 
 
-def test_hidden_tabs_compute_nothing_for_a_new_image(explorer_modules) -> None:
-    context, blocks, features, gradcam = explorer_modules
+def _page_with_followers(explorer_modules):
+    """A Ctx with the real followers of three tabs, wired as the page wires them."""
+    import gradio as gr
+
+    from explorer.ui import Ctx
+
+    _, blocks, features, gradcam = explorer_modules
+    with gr.Blocks():
+        ctx = Ctx(image=gr.Image(), analysed=gr.Image(), open_tab=gr.Textbox())
+        ctx.follow("blocks", blocks.block_anatomy_follow, inputs=[gr.Dropdown(), gr.Radio(), gr.Slider()],
+                   outputs=[gr.Plot(), gr.Plot()])
+        ctx.follow("features", features.follow, inputs=[gr.Slider(), gr.Dropdown(), gr.Number()],
+                   outputs=[gr.Plot() for _ in range(features.N_FEATURE_PLOTS)] + [gr.Gallery(), gr.State(),
+                                                                                  gr.Image(), gr.Markdown()])
+        ctx.follow("gradcam", gradcam.contrast_follow, inputs=[gr.Dropdown(), gr.Radio(), gr.Slider()],
+                   outputs=[gr.Image(), gr.Markdown()])
+    return ctx
+
+
+def test_hidden_tabs_compute_nothing_for_a_new_image_and_send_nothing(explorer_modules) -> None:
+    """Hidden tabs are neither computed nor cleared: opening one draws it for the image then
+    shown, and a clear sent by this event could land after that drawing and wipe it."""
+    import gradio as gr
+
+    context = explorer_modules[0]
+    ctx = _page_with_followers(explorer_modules)
     sample = str(SAMPLES[7])
-    assert blocks.block_anatomy_follow(sample, "gradcam", "layer1.0", "channel mean", 0) == (None, None)
-    hidden = features.follow(sample, "gradcam", 16, "layer4", 0)
-    assert all(v in (None, [], "") for v in hidden)
-    assert gradcam.contrast_follow(sample, "blocks", "predicted class", "Occlusion", 0.5) == (None, "")
+    settings = ("layer1.0", "channel mean", 0, 16, "layer4", 0, "predicted class", "Occlusion", 0.5)
+    out = ctx.follow_all(sample, "robustness", *settings)
+    assert len(out) == 2 + (5 + 4) + 2 and all(v == gr.skip() for v in out)
     entry = context.CACHE.entry(sample)
     assert not entry.extras  # no anatomy, no contrast map was computed
-    # On screen, the same followers do compute, from the image's cached analysis.
-    parts, ratios = blocks.block_anatomy_follow(sample, "blocks", "layer1.0", "channel mean", 0)
-    assert parts is not None and ("anatomy", "layer1.0", None) in entry.extras
+    # On screen, the same followers do compute (that tab's only), from the image's cached analysis.
+    parts, ratios, *rest = ctx.follow_all(sample, "blocks", *settings)
+    assert parts is not None and ratios is not None and all(v == gr.skip() for v in rest)
+    assert list(entry.extras) == [("anatomy", "layer1.0", None)]
 
 
 def test_a_new_image_costs_the_analysis_and_one_follow_up(tmp_path) -> None:

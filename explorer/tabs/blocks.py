@@ -69,9 +69,9 @@ def block_anatomy(image: str | None, block: str, view: str, channel: float) -> t
     )
 
 
-def block_anatomy_follow(image: str | None, open_tab: str, block: str, view: str, channel: float) -> tuple:
-    """A new image: redraw the block if its tab is on screen, else clear it (opening the tab draws it)."""
-    if open_tab != "blocks" or image is None:
+def block_anatomy_follow(image: str | None, block: str, view: str, channel: float) -> tuple:
+    """A new image while the tab is on screen: the block redrawn."""
+    if image is None:
         return None, None
     return block_anatomy(image, block, view, channel)
 
@@ -97,4 +97,4 @@ def build(ctx: Ctx) -> None:
         outputs=[parts, ratios],
         api_name="block_anatomy",
     )
-    ctx.follow(block_anatomy_follow, inputs=[block, view, channel], outputs=[parts, ratios])
+    ctx.follow("blocks", block_anatomy_follow, inputs=[block, view, channel], outputs=[parts, ratios])

@@ -207,13 +207,6 @@ def compare_loaded(image: str | None, target: str | None, second: Second | None)
     return _compare(image, target, second)
 
 
-def compare_follow(image: str | None, open_tab: str, target: str | None, second: Second | None) -> tuple:
-    """A new image: compare again if this tab is on screen, else leave it for when the tab opens."""
-    if open_tab != "compare":
-        return (gr.skip(),) * 8
-    return _compare(image, target, second)
-
-
 def clear(second: Second | None) -> tuple:
     """The user removed the uploaded file: free the model now."""
     _forget(second)
@@ -257,4 +250,4 @@ def build(ctx: Ctx) -> None:
     weights.clear(clear, inputs=[second], outputs=outputs, api_name="compare_clear", api_visibility="private")
     gr.on([tab.select, target.change], compare_loaded, inputs=[ctx.image, target, second], outputs=outputs,
           api_name="compare_loaded", api_visibility="private")
-    ctx.follow(compare_follow, inputs=[target, second], outputs=outputs)
+    ctx.follow("compare", compare_loaded, inputs=[target, second], outputs=outputs)

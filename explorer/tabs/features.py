@@ -274,10 +274,9 @@ def image_views(image: str | None, stage: str, channel: float) -> tuple:
     return (shortcut, [int(i) for i in top.indices], *_map_outputs(x, features, stage, channel))
 
 
-def follow(image: str | None, open_tab: str, n_channels: float, stage: str, channel: float) -> tuple:
-    """A new image: this tab's feature maps and image views while it is on screen, else cleared
-    (opening the tab draws them), so nothing stale shows and a hidden tab costs nothing."""
-    if open_tab != "features" or image is None:
+def follow(image: str | None, n_channels: float, stage: str, channel: float) -> tuple:
+    """A new image while the tab is on screen: its feature maps and image views."""
+    if image is None:
         return (None,) * N_FEATURE_PLOTS + ([], [], None, "")
     return (*feature_maps(image, n_channels), *image_views(image, stage, channel))
 
@@ -353,7 +352,7 @@ def build(ctx: Ctx) -> None:
     tab.select(image_views, inputs=[ctx.image, stage, channel], outputs=views, api_name="atlas_image_views",
                api_visibility="private")
     tab.select(feature_maps, inputs=[ctx.image, n], outputs=plots, api_name="feature_maps_open", api_visibility="private")
-    ctx.follow(follow, inputs=[n, stage, channel], outputs=[*plots, *views])
+    ctx.follow("features", follow, inputs=[n, stage, channel], outputs=[*plots, *views])
     gr.on([show.click, channel.submit], channel_atlas, inputs=[stage, channel], outputs=shown,
           api_name="channel_atlas").then(class_means_figure, inputs=[details], outputs=[bars],
                                          api_name="atlas_bars", api_visibility="private")

@@ -163,13 +163,13 @@ def prepare(entry: Entry) -> None:
 
 
 @user_errors
-def contrast_follow(image: str | None, open_tab: str, target: str, method: str, opacity: float) -> tuple:
-    """A new image: redo the contrast map if the Grad-CAM tab is on screen, else clear it.
+def contrast_follow(image: str | None, target: str, method: str, opacity: float) -> tuple:
+    """A new image while the tab is on screen: its contrast map.
 
     Integrated Gradients costs several full analyses on this CPU, so images
     browsed from another tab do not pay for it; opening the tab computes it.
     """
-    if open_tab != "gradcam" or image is None:
+    if image is None:
         return None, ""
     entry, chosen = _entry_and_target(image, target)
     # Ahead of a change of class for the image on screen: then any class is drawn at once.
@@ -238,4 +238,4 @@ def build(ctx: Ctx) -> None:
                     api_visibility="private", queue=False)
     changed.then(contrast, inputs=contrast_inputs, outputs=contrast_outputs, api_name="contrast_for_target",
                  api_visibility="private")
-    ctx.follow(contrast_follow, inputs=[target, method, opacity], outputs=[contrast_image, contrast_note])
+    ctx.follow("gradcam", contrast_follow, inputs=[target, method, opacity], outputs=[contrast_image, contrast_note])

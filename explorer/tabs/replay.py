@@ -257,12 +257,12 @@ def open_replay(image: str | None, sample: str | None, snapshot: float, loaded: 
     try:
         replay = current_replay()
     except ReplayError as exc:
-        return (*_unavailable(exc), False, TAB_ID)
+        return (*_unavailable(exc), False)
     chosen, note = _choose(replay, image, sample)
     last = len(replay) - 1
     index = min(int(snapshot or 0), last) if loaded else last  # first opening: the model as it is served
     slider = gr.Slider(minimum=0, maximum=max(last, 1), value=index, step=1, interactive=last > 0)
-    return (note, gr.Dropdown(choices=list(replay.probe_names), value=chosen), slider, *draw(chosen, index), True, TAB_ID)
+    return (note, gr.Dropdown(choices=list(replay.probe_names), value=chosen), slider, *draw(chosen, index), True)
 
 
 @user_errors
@@ -276,9 +276,9 @@ def replay_view(sample: str | None, snapshot: float) -> tuple:
     return draw(chosen, min(int(snapshot or 0), len(replay) - 1))
 
 
-def replay_follow(image: str | None, open_tab: str, sample: str | None, snapshot: float, loaded: bool) -> tuple:
+def replay_follow(image: str | None, sample: str | None, snapshot: float, loaded: bool) -> tuple:
     """A new image while the tab is on screen: show its replay if it is a probe, else say why not."""
-    if open_tab != TAB_ID or not loaded:
+    if not loaded:
         return (gr.skip(),) * (3 + N_VIEW)
     try:
         replay = current_replay()
@@ -381,10 +381,8 @@ def build(ctx: Ctx) -> None:
         api_answer = gr.JSON(visible=False)
         api_button = gr.Button(visible=False)
     view_outputs = [when, probs, cams, ratios, accuracy, confusion, gamma]
-    # Also records the open tab (as every tab's select does), from this queued event: the select that
-    # Gradio sends for the first tab while the tab bar lays itself out can arrive after ours.
     tab.select(open_replay, inputs=[ctx.image, sample, slider, loaded],
-               outputs=[note, sample, slider, *view_outputs, loaded, ctx.open_tab], api_name="replay_open",
+               outputs=[note, sample, slider, *view_outputs, loaded], api_name="replay_open",
                api_visibility="private")
     # .input, not .change: only the user's moves redraw here; the handlers that set the slider or the
     # probe themselves (opening, Play, a new image) draw in the same step, so nothing is drawn twice.
@@ -395,4 +393,4 @@ def build(ctx: Ctx) -> None:
     timer.tick(advance, inputs=[sample, slider, on_screen], outputs=[slider, timer, play, playing, *view_outputs],
                js=ON_SCREEN_JS, api_name="replay_tick", api_visibility="private", show_progress="hidden")
     api_button.click(training_replay, inputs=[api_sample, api_snapshot], outputs=[api_answer], api_name="training_replay")
-    ctx.follow(replay_follow, inputs=[sample, slider, loaded], outputs=[note, sample, slider, *view_outputs])
+    ctx.follow(TAB_ID, replay_follow, inputs=[sample, slider, loaded], outputs=[note, sample, slider, *view_outputs])

@@ -126,9 +126,9 @@ def _strength(kind: str, value: float) -> str:
 
 
 @user_errors
-def robustness_follow(image: str | None, open_tab: str, *settings: Any) -> tuple:
-    """A new image: redo the probe and the sweep if their tab is open, else clear them (they compute when opened)."""
-    if open_tab != "robustness" or image is None:
+def robustness_follow(image: str | None, *settings: Any) -> tuple:
+    """A new image while the tab is on screen: the probe and the sweep again."""
+    if image is None:
         return (None,) * 4 + ("",) + (None, "")
     noise, blur_sigma, brightness, contrast_, patch_size, patch_x, patch_y, fgsm_levels, stage, kind = settings
     probe = robustness_probe(image, noise, blur_sigma, brightness, contrast_, patch_size, patch_x, patch_y, fgsm_levels, stage)
@@ -193,4 +193,4 @@ def build(ctx: Ctx) -> None:
         outputs=[line, sweep_note],
         api_name="robustness_sweep",
     )
-    ctx.follow(robustness_follow, inputs=[*sliders, stage, kind], outputs=[*probe_outputs, line, sweep_note])
+    ctx.follow("robustness", robustness_follow, inputs=[*sliders, stage, kind], outputs=[*probe_outputs, line, sweep_note])

@@ -79,15 +79,22 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def sanity_follow(image: str | None, open_tab: str, cascade: bool, stage: str) -> tuple:
-    """A new image: redo the check if its tab is open, else clear the old image's result."""
-    if open_tab != "sanity" or image is None:
-        return [], None, "", None
-    return sanity_check(image, cascade, stage)
+def sanity_for(image: str | None, cascade: bool, stage: str) -> tuple:
+    """The check, and the image it was made for (kept in the page, so a result never outlives its image)."""
+    return (*sanity_check(image, cascade, stage), image)
+
+
+def drop_stale(image: str | None, checked: str | None) -> tuple:
+    """The tab comes on screen: a result made for another image than the current one is cleared
+    (the check is slow, so it waits for the button). A new image while the tab is on screen is
+    checked at once instead (the follower)."""
+    if checked is None or checked == image:
+        return (gr.skip(),) * 5
+    return [], None, "", None, None
 
 
 def build(ctx: Ctx) -> None:
-    with gr.Tab("Sanity check", id="sanity"):
+    with gr.Tab("Sanity check", id="sanity") as tab:
         gr.Markdown(
             "Does the Grad-CAM depend on what the model learned? The model-randomisation check of Adebayo et al. "
             "(2018, *Sanity Checks for Saliency Maps*): recompute the map with the last stage's weights "
@@ -105,6 +112,9 @@ def build(ctx: Ctx) -> None:
         figure = gr.Plot(label="Spearman rank correlation per Grad-CAM layer", elem_id="sanity-plot")
         with gr.Accordion("Numbers", open=False):
             numbers = gr.JSON(label="metrics")
-    outputs = [maps, figure, verdict, numbers]
-    run.click(sanity_check, inputs=[ctx.image, cascade, stage], outputs=outputs, api_name="sanity_check")
-    ctx.follow(sanity_follow, inputs=[cascade, stage], outputs=outputs)
+        checked = gr.State(None)  # the image the result shown was made for
+    outputs = [maps, figure, verdict, numbers, checked]
+    run.click(sanity_for, inputs=[ctx.image, cascade, stage], outputs=outputs, api_name="sanity_check")
+    tab.select(drop_stale, inputs=[ctx.image, checked], outputs=outputs, queue=False, api_name="sanity_drop_stale",
+               api_visibility="private")
+    ctx.follow("sanity", sanity_for, inputs=[cascade, stage], outputs=outputs)
