@@ -299,3 +299,10 @@ def _insight_tabs(page) -> None:
     _wait_plots(page, "#confidence-plot")
     expect(page.locator("#calibration-summary")).to_contain_text("Expected calibration error")
     page.screenshot(path=str(ARTIFACTS / "browser-calibration.png"), full_page=True)
+
+    # A new image chosen elsewhere: the sanity check made for the last one is not shown beside it.
+    page.locator("#samples").locator("img").nth(18).click()  # frog_0.png
+    expect(page.locator("#true-class")).to_contain_text("frog_0.png", timeout=60_000)
+    open_tab(page, "Sanity check")
+    expect(page.locator("#sanity-gallery img")).to_have_count(0, timeout=30_000)
+    expect(page.locator("#sanity-verdict")).to_have_text("")
