@@ -242,17 +242,19 @@ def cold_start(runs: int, log_dir: Path) -> dict[str, Any]:
 
 # ----- 3. the browser --------------------------------------------------------------------------
 
+# The Grad-CAM strip (explorer/camstrip.py) draws its four canvases in the browser and counts its
+# drawings in data-draws: a new count after the action is the sign the maps are on the canvases.
+STRIP = "#gradcam-strip .camstrip"
 VISIBLE = """(args) => {
   const truth = document.querySelector('#true-class')?.innerText || '';
   if (!truth.includes(args.text)) return false;
-  const imgs = [...document.querySelectorAll('#gradcam-gallery img')];
-  return imgs.length >= 4 && imgs.every(i => i.complete && i.naturalWidth > 0 && !args.old.includes(i.src));
-}"""
+  const strip = document.querySelector('%s');
+  return !!strip && strip.dataset.draws !== args.old && strip.querySelectorAll('canvas').length === 4;
+}""" % STRIP
 REDRAWN = """(old) => {
-  // Identical overlays keep their URL (Gradio names files by content), so one new map is the sign.
-  const imgs = [...document.querySelectorAll('#gradcam-gallery img')];
-  return imgs.length >= 4 && imgs.every(i => i.complete && i.naturalWidth > 0) && imgs.some(i => !old.includes(i.src));
-}"""
+  const strip = document.querySelector('%s');
+  return !!strip && strip.dataset.draws !== old && strip.querySelectorAll('canvas').length === 4;
+}""" % STRIP
 IDLE = """(old) => {
   const busy = document.querySelectorAll('.pending, .eta-bar, .generating').length;
   const c = document.querySelector('#contrast-image img');
@@ -279,8 +281,8 @@ def _until(condition: str) -> str:
     return f"(arg) => {{ const ok = ({condition})(arg); if (ok) window.__t1 = performance.now(); return ok; }}"
 
 
-def _srcs(page, selector: str) -> list[str]:
-    return page.evaluate(f"() => [...document.querySelectorAll('{selector}')].map(i => i.src)")
+def _draws(page) -> str:
+    return page.evaluate(f"() => document.querySelector('{STRIP}')?.dataset.draws || ''")
 
 
 BUSY = "() => document.querySelectorAll('.pending, .eta-bar, .generating').length"
@@ -310,13 +312,13 @@ def browser_timings(url: str, clicks: int, changes: int, uploads: int, tmp: Path
         page.add_init_script(CLOCK)
         t = time.perf_counter()
         page.goto(url, wait_until="domcontentloaded")
-        page.wait_for_function(VISIBLE, arg={"text": SAMPLES[0].name, "old": []}, polling=10, timeout=60_000)
+        page.wait_for_function(VISIBLE, arg={"text": SAMPLES[0].name, "old": ""}, polling=10, timeout=60_000)
         opening = time.perf_counter() - t
         page.wait_for_function(IDLE, arg="", polling=50, timeout=60_000)
         order = [i for i in range(1, len(SAMPLES))]
         random.Random(0).shuffle(order)
         for i in order[:clicks]:
-            old, old_contrast = _srcs(page, "#gradcam-gallery img"), page.evaluate(
+            old, old_contrast = _draws(page), page.evaluate(
                 "() => document.querySelector('#contrast-image img')?.src || ''")
             out["sample_visible"].append(_timed(page, page.locator("#samples img").nth(i).click, VISIBLE,
                                                 {"text": SAMPLES[i].name, "old": old}))
@@ -325,18 +327,18 @@ def browser_timings(url: str, clicks: int, changes: int, uploads: int, tmp: Path
         slider = page.locator("#gradcam-opacity input[type=number]")
         targets = ["dog", "ship", "frog", "truck", "bird", "horse"]
         for k in range(changes):
-            old = _srcs(page, "#gradcam-gallery img")
+            old = _draws(page)
             out["opacity"].append(_timed(page, lambda: (slider.fill(f"{0.3 + 0.1 * (k % 5):.2f}"), slider.blur()),
                                          REDRAWN, old))
             _settle(page)
-            old = _srcs(page, "#gradcam-gallery img")
+            old = _draws(page)
             label = "shared" if k % 2 == 0 else "per map"
             out["scale"].append(_timed(page, lambda: page.locator("#gradcam-scale").get_by_label(label).check(),
                                        REDRAWN, old))
             _settle(page)
             page.locator("#gradcam-target input").click()
             option = page.get_by_role("option", name=targets[k % len(targets)], exact=True)
-            old = _srcs(page, "#gradcam-gallery img")
+            old = _draws(page)
             out["target"].append(_timed(page, option.click, REDRAWN, old))
             _settle(page)
         page.locator("#gradcam-target input").click()
@@ -345,7 +347,7 @@ def browser_timings(url: str, clicks: int, changes: int, uploads: int, tmp: Path
         for k in range(uploads):
             path = tmp / f"photo-{k}.jpg"
             path.write_bytes(photo(1000 + k))
-            old = _srcs(page, "#gradcam-gallery img")
+            old = _draws(page)
             page.locator("#input-image button[aria-label='Remove Image']").first.click()
             _settle(page)
             out["upload_visible"].append(_timed(

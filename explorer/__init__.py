@@ -3,7 +3,8 @@
 ``context`` loads the model and assets once and holds the helpers every view
 shares; ``cache`` keeps recent images' analyses; ``ui`` the upload component
 and the shared components (``Ctx``, with the one follow-up event every tab
-joins); ``plots`` the plotting helpers; ``classify`` the panel on top and the
+joins); ``plots`` the plotting helpers; ``camstrip`` the Grad-CAM overlays the browser draws
+from every class's maps; ``classify`` the panel on top and the
 analysis of a new image; ``tabs/`` one module per tab, each with its layout,
 handlers and figures (``tabs.TABS`` lists them in page order); ``layout``
 builds the page and launches the server.

@@ -1,9 +1,11 @@
 """The classify panel on top of the page, and the one analysis every new image gets.
 
-A new image is answered by one forward and one backward pass (``analyze``):
-the top-5, the true class for a shipped sample, what the network saw and the
-four Grad-CAM maps. Then one event runs every tab's follower
-(``Ctx.follow``): only the tab on screen computes, from the same cached pass.
+A new image is answered by one forward pass and one batched backward
+(``analyze_view``): the top-5, the true class for a shipped sample, what the
+network saw and every class's Grad-CAM maps, which the page draws itself
+(``camstrip``). Then one event runs every tab's follower (``Ctx.follow``):
+only the tab on screen computes, from the same cached pass. ``analyze`` is the
+API's version, with the four overlays of one class as image files.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from resnet import CLASSES
 
 from .cache import Entry
 from .context import CACHE, SAMPLES, TOP_K, enlarge, target_index, truth, user_errors
-from .tabs.gradcam import cam_outputs
+from .tabs.gradcam import cam_outputs, raw_maps, strip
 from .ui import OPEN_TAB_JS, Ctx, UploadImage
 
 # The example the page opens on, already analysed (the first shipped sample).
@@ -67,6 +69,10 @@ def _blank_analysis() -> tuple:
     return (None, "", None, [], "", None)
 
 
+def _blank_view() -> tuple:
+    return (None, "", None, None, None)
+
+
 @user_errors
 def classify(image: str | None) -> dict[str, float]:
     """Top-5 classes with their probabilities for one image."""
@@ -100,6 +106,23 @@ def analyze(image: str | None, target: str, opacity: float, scale: str) -> tuple
     )
 
 
+@user_errors
+def analyze_view(image: str | None, target: str, opacity: float, scale: str, raw_shown: bool) -> tuple:
+    """``analyze`` for the page: the top-5, the true class, what the network saw and the Grad-CAM
+    strip (every class's maps, drawn in the browser); the raw values only while their panel is open."""
+    if image is None:
+        return _blank_view()
+    entry = CACHE.entry(image)
+    tell_user(entry)
+    return (
+        top_k(entry.probs, TOP_K),
+        truth(entry.key, entry.predicted),
+        enlarge(entry.seen),
+        strip(entry, target, opacity, scale),
+        raw_maps(image, target, raw_shown),
+    )
+
+
 def samples_to_warm() -> list[Path]:
     """The shipped samples, the opening example first."""
     return sorted(SAMPLES.values(), key=lambda p: p != OPENING)
@@ -111,12 +134,17 @@ def wire_analysis(ctx: Ctx, demo: gr.Blocks) -> None:
     screen computes). The page opens on a worked example, answered from the
     warm cache."""
     c, o = ctx.controls, ctx.outputs
-    inputs = [ctx.image, c["target"], c["opacity"], c["scale"]]
-    outputs = [o["label"], o["truth"], ctx.analysed, o["cams"], o["cam_note"], o["cam_raw"]]
-    events = [ctx.image.change(analyze, inputs=inputs, outputs=outputs, api_name="analyze")]
+    inputs = [ctx.image, c["target"], c["opacity"], c["scale"], c["raw_shown"]]
+    outputs = [o["label"], o["truth"], ctx.analysed, o["cams"], o["cam_raw"]]
+    events = [ctx.image.change(analyze_view, inputs=inputs, outputs=outputs, api_name="analyze_view",
+                               api_visibility="private")]
     if OPENING is not None:
-        events.append(demo.load(analyze, inputs=inputs, outputs=outputs, api_name="opening_example",
+        events.append(demo.load(analyze_view, inputs=inputs, outputs=outputs, api_name="opening_example",
                                 api_visibility="private"))
+    # The API's analysis: the same, with the overlays as image files (components only API calls fill).
+    api_button = gr.Button(visible=False)
+    api_button.click(analyze, inputs=inputs[:4], outputs=[o["label"], o["truth"], ctx.analysed, o["api_overlays"],
+                                                          o["api_note"], o["cam_raw"]], api_name="analyze")
     follow_inputs = [ctx.image, ctx.open_tab, *(c for f in ctx.followers for c in f.inputs)]
     follow_outputs = [c for f in ctx.followers for c in f.outputs]
     for event in events:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +117,7 @@ def test_a_new_image_costs_the_analysis_and_one_follow_up(tmp_path) -> None:
     with start_app(tmp_path) as url, browser_page(url, failure_png="browser-speed-failure.png") as page:
         # The page opens on a worked example, analysed without a click.
         expect(page.locator("#true-class")).to_contain_text(SAMPLES[0].name, timeout=60_000)
-        expect(page.locator("#gradcam-gallery img")).to_have_count(4, timeout=30_000)
+        expect(page.locator("#gradcam-strip canvas")).to_have_count(4, timeout=30_000)
         names = {i: d.get("api_name") for i, d in enumerate(page.evaluate("() => window.gradio_config")["dependencies"])}
         page.wait_for_timeout(1500)
         events: list[str] = []
@@ -129,7 +130,61 @@ def test_a_new_image_costs_the_analysis_and_one_follow_up(tmp_path) -> None:
         page.locator("#samples img").nth(9).click()  # cat_0.png
         expect(page.locator("#true-class")).to_contain_text("cat_0.png", timeout=60_000)
         page.wait_for_timeout(2000)
-        assert events == ["analyze", "follow"], events
+        assert events == ["analyze_view", "follow"], events
+
+
+STRIP = "#gradcam-strip .camstrip"
+
+
+def _strip_pixels(page) -> list[np.ndarray]:
+    """The four canvases' RGB pixels."""
+    flat = page.evaluate(f"""() => [...document.querySelectorAll('{STRIP} canvas')].map(c =>
+        Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data))""")
+    return [np.asarray(v, dtype=np.uint8).reshape(256, 256, 4)[..., :3] for v in flat]
+
+
+def test_class_opacity_and_scale_are_drawn_in_the_page_as_the_server_draws_them(explorer_modules, tmp_path) -> None:
+    """Once an image is analysed, a new class, opacity or colour scale needs no answer from the
+    server: the page draws the overlays itself, pixel for pixel as ``insight.render.overlay``."""
+    from test_browser import _browser_or_fail, browser_page
+
+    from conftest import start_app
+    from insight import render
+
+    _browser_or_fail()
+    from playwright.sync_api import expect
+
+    context, _, _, _ = explorer_modules
+    cat = next(p for p in SAMPLES if p.name == "cat_0.png")
+    entry = context.CACHE.entry(str(cat))
+    context.CACHE.every_class(entry)
+    with start_app(tmp_path) as url, browser_page(url, failure_png="browser-strip-failure.png") as page:
+        page.locator("#samples img").nth(9).click()  # cat_0.png
+        expect(page.locator(STRIP)).to_have_attribute("data-key", entry.key, timeout=60_000)
+
+        # From here the server's answers are held back (the requests hang): the strip still follows
+        # every control. (An aborted request would make Gradio's page stop sending events.)
+        held: list = []
+        page.route("**/gradio_api/**", lambda route: held.append(route))
+        page.locator("#gradcam-target input").click()
+        page.get_by_role("option", name="truck", exact=True).click()
+        page.locator("#gradcam-scale").get_by_label("shared").check()
+        box = page.locator("#gradcam-opacity input[type=number]")
+        box.fill("0.7")
+        box.blur()
+        expect(page.locator(STRIP)).to_have_attribute("data-view", "truck|0.7|shared", timeout=10_000)
+        expect(page.locator(STRIP)).to_contain_text("Grad-CAM for truck")
+        drawn = _strip_pixels(page)
+        assert held, "the changes did send their other requests (the raw values, the contrast map)"
+        page.unroute("**/gradio_api/**")  # lets the held requests through
+
+    truck = context.CLASSES.index("truck")
+    cams = entry.cams[truck]
+    shared = max(float(m.max()) for m in cams.values())
+    for got, stage in zip(drawn, ("layer1", "layer2", "layer3", "layer4")):
+        want = render.overlay(entry.seen, cams[stage], opacity=0.7, vmax=shared, size=256)
+        diff = np.abs(got.astype(int) - want.astype(int))
+        assert diff.max() <= 2 and (diff > 0).mean() < 0.01, (stage, diff.max(), (diff > 0).mean())
 
 
 def test_overlays_are_encoded_once_into_gradios_cache_and_served_from_there(explorer_modules) -> None:

@@ -9,6 +9,7 @@ from insight import render
 from insight.contrast import CONTRAST_METHODS, contrast_map
 from resnet import CLASSES, STAGE_NAMES
 
+from .. import camstrip
 from ..cache import Entry, Recent
 from ..context import (CACHE, DISPLAY, PREDICTED, SERVING, STRIDES, TARGET_CHOICES, target_index, user_errors,
                        webp_in_cache)
@@ -69,6 +70,15 @@ def _overlay_files(entry: Entry, target: int, cams: dict[str, np.ndarray], opaci
         return [webp_in_cache(render.blend(base, layers[name], opacity)) for name in STAGE_NAMES]
 
     return _FILES.get((entry.key, target, scale, round(opacity, 4)), make)
+
+
+def strip(entry: Entry, target: str, opacity: float, scale: str) -> dict:
+    """What the browser's strip draws any view of this image from: every class's maps (one batched
+    backward for an image not seen before), sent once; the view is the controls' values now."""
+    _check_view(opacity, scale)
+    target_index(target)
+    CACHE.every_class(entry)
+    return camstrip.payload(entry, {"target": target, "opacity": float(opacity), "scale": scale}, DISPLAY, STRIDES)
 
 
 def cam_outputs(entry: Entry, target: int, opacity: float, scale: str) -> tuple:
@@ -181,24 +191,16 @@ def build(ctx: Ctx) -> None:
     with gr.Tab("Grad-CAM", id="gradcam") as tab:
         gr.Markdown(
             "Grad-CAM (ReLU applied) at the output of each stage, for the class you choose: where the evidence "
-            "for that class sits at each depth. All four maps come from one forward and one backward pass; another "
-            "class costs one more backward through the same forward. The maps equal Captum's `LayerGradCam` (the "
-            "tests hold the two equal)."
+            "for that class sits at each depth. All four maps come from one forward and one backward pass; every "
+            "class's maps come with the image, so another class, opacity or colour scale is drawn at once, in your "
+            "browser. The maps equal Captum's `LayerGradCam` (the tests hold the two equal)."
         )
         with gr.Row():
             target = gr.Dropdown(TARGET_CHOICES, value=PREDICTED, label="Explain class", scale=2, elem_id="gradcam-target")
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", scale=2, elem_id="gradcam-opacity")
             scale = gr.Radio(list(SCALES), value="per map", label="Colour scale", scale=1, elem_id="gradcam-scale")
-        cams = gr.Gallery(
-            label="Grad-CAM overlays",
-            columns=4,
-            rows=1,
-            height=300,
-            object_fit="contain",
-            format="webp",  # the overlays come encoded already (context.webp_in_cache), as WebP: a sixth of PNG's bytes
-            elem_id="gradcam-gallery",
-        )
-        note = gr.Markdown(label="Grad-CAM note")
+        cams = gr.HTML(None, html_template=camstrip.HTML, css_template=camstrip.CSS, js_on_load=camstrip.JS,
+                       label="Grad-CAM overlays", elem_id=camstrip.ELEM_ID)
         with gr.Accordion("Raw Grad-CAM values (stage resolution)", open=False) as raw_box:
             raw = gr.JSON(label="maps", elem_id="gradcam-raw")
         # Inside the tab: a State among gr.Tabs' children shifts the tab bar (a tab drawn twice, one lost).
@@ -210,32 +212,33 @@ def build(ctx: Ctx) -> None:
                 contrast_note = gr.Markdown(label="contrast note")
             contrast_image = gr.Image(label="Attribution", interactive=False, format="webp", height=256, scale=1,
                                       elem_id="contrast-image")
-    ctx.controls.update(target=target, opacity=opacity, scale=scale)
-    ctx.outputs.update(cams=cams, cam_note=note, cam_raw=raw)
-    # queue=False: these answer from the image's cached analysis in milliseconds (every class's maps
-    # are computed ahead), so they skip the queue's round trips. A new class shows its maps first;
-    # the raw values (a 22 KB JSON tree for the browser to build) and the slow contrast map follow.
-    changed = target.change(gradcam_view, inputs=[ctx.image, target, opacity, scale], outputs=[cams, note],
-                            api_name="gradcam_for_target", api_visibility="private", queue=False)
-    changed.then(raw_maps, inputs=[ctx.image, target, raw_shown], outputs=[raw], api_name="gradcam_raw",
-                 queue=False)
-    # Opening the raw values redraws all three for the current class: the public /gradcam endpoint.
+        # The API's answer is the overlays as image files: components only API calls fill.
+        api_overlays = gr.Gallery(visible=False, format="webp")
+        api_note = gr.Markdown(visible=False)
+        api_gradcam, api_view = gr.Button(visible=False), gr.Button(visible=False)
+    ctx.controls.update(target=target, opacity=opacity, scale=scale, raw_shown=raw_shown)
+    ctx.outputs.update(cams=cams, cam_raw=raw, api_overlays=api_overlays, api_note=api_note)
+    view = [ctx.image, target, opacity, scale]
+
+    # A class, opacity or colour scale: the strip redraws itself in the browser, no request.
+    gr.on([target.change, opacity.change, scale.change], None, inputs=[target, opacity, scale], js=camstrip.VIEW_JS,
+          queue=False, api_visibility="private")
+    # The raw values only while their panel is open (the browser would build a 22 KB JSON tree nobody sees).
+    target.change(raw_maps, inputs=[ctx.image, target, raw_shown], outputs=[raw], api_name="gradcam_raw",
+                  queue=False, show_progress="hidden")
     raw_box.expand(lambda: True, outputs=raw_shown, queue=False, api_visibility="private").then(
-        gradcam, inputs=[ctx.image, target, opacity, scale], outputs=[cams, note, raw], api_name="gradcam")
+        raw_maps, inputs=[ctx.image, target, raw_shown], outputs=[raw], api_name="gradcam_raw_open",
+        api_visibility="private", queue=False)
     raw_box.collapse(lambda: False, outputs=raw_shown, queue=False, api_visibility="private")
-    gr.on(
-        [scale.change, opacity.release],
-        gradcam_view,
-        inputs=[ctx.image, target, opacity, scale],
-        outputs=[cams, note],
-        api_name="gradcam_view",
-        queue=False,
-    )
+
     contrast_inputs, contrast_outputs = [ctx.image, target, method, opacity], [contrast_image, contrast_note]
     gr.on([tab.select, method.change], contrast, inputs=contrast_inputs, outputs=contrast_outputs, api_name="contrast")
     # The slider redraws the contrast map too, from the map computed: beside the overlays, not behind the queue.
     opacity.release(contrast_view, inputs=contrast_inputs, outputs=contrast_outputs, api_name="contrast_view",
                     api_visibility="private", queue=False)
-    changed.then(contrast, inputs=contrast_inputs, outputs=contrast_outputs, api_name="contrast_for_target",
-                 api_visibility="private")
+    target.change(contrast, inputs=contrast_inputs, outputs=contrast_outputs, api_name="contrast_for_target",
+                  api_visibility="private")
     ctx.follow("gradcam", contrast_follow, inputs=[target, method, opacity], outputs=[contrast_image, contrast_note])
+
+    api_gradcam.click(gradcam, inputs=view, outputs=[api_overlays, api_note, raw], api_name="gradcam")
+    api_view.click(gradcam_view, inputs=view, outputs=[api_overlays, api_note], api_name="gradcam_view", queue=False)
