@@ -138,7 +138,7 @@ function cells(n) {{
     box.innerHTML = '';
     for (let i = 0; i < n; i++) {{
       const fig = document.createElement('figure');
-      fig.innerHTML = '<canvas></canvas><figcaption></figcaption>';
+      fig.innerHTML = '<canvas role="img"></canvas><figcaption></figcaption>';
       box.appendChild(fig);
     }}
   }}
@@ -178,6 +178,7 @@ function draw() {{
       }}
     }}
     ctx.putImageData(img, 0, 0);
+    canvas.setAttribute('aria-label', `Grad-CAM for ${{p.classes[t]}} at ${{p.stages[i].name}} over the image`);
     figs[i].querySelector('figcaption').textContent = `${{p.stages[i].name}} · ${{m.h}}x${{m.w}} · max ${{g2(m.max)}}`;
   }});
   const name = p.classes[t], last = maps[maps.length - 1];

@@ -19,7 +19,7 @@ from resnet import CLASSES
 
 from .cache import Entry
 from .context import CACHE, SAMPLES, TOP_K, enlarge, target_index, truth, user_errors
-from .tabs.gradcam import cam_outputs, raw_maps, strip
+from .tabs.gradcam import cam_outputs, raw_of, strip
 from .ui import OPEN_TAB_JS, Ctx, UploadImage
 
 # The example the page opens on, already analysed (the first shipped sample).
@@ -119,7 +119,7 @@ def analyze_view(image: str | None, target: str, opacity: float, scale: str, raw
         truth(entry.key, entry.predicted),
         enlarge(entry.seen),
         strip(entry, target, opacity, scale),
-        raw_maps(image, target, raw_shown),
+        raw_of(entry, target) if raw_shown else gr.skip(),
     )
 
 
@@ -129,12 +129,13 @@ def samples_to_warm() -> list[Path]:
 
 
 def wire_analysis(ctx: Ctx, demo: gr.Blocks) -> None:
-    """A new image: one forward + backward answers the prediction and the four
-    Grad-CAMs; then one more event runs every tab's follower (only the tab on
-    screen computes). The page opens on a worked example, answered from the
-    warm cache."""
+    """A new image: one forward and one batched backward answer the prediction and
+    every class's Grad-CAMs; then one more event runs every tab's follower (only
+    the tab on screen computes). The page opens on a worked example, answered
+    from the warm cache."""
     c, o = ctx.controls, ctx.outputs
-    inputs = [ctx.image, c["target"], c["opacity"], c["scale"], c["raw_shown"]]
+    view = [ctx.image, c["target"], c["opacity"], c["scale"]]
+    inputs = [*view, c["raw_shown"]]
     outputs = [o["label"], o["truth"], ctx.analysed, o["cams"], o["cam_raw"]]
     events = [ctx.image.change(analyze_view, inputs=inputs, outputs=outputs, api_name="analyze_view",
                                api_visibility="private")]
@@ -143,8 +144,8 @@ def wire_analysis(ctx: Ctx, demo: gr.Blocks) -> None:
                                 api_visibility="private"))
     # The API's analysis: the same, with the overlays as image files (components only API calls fill).
     api_button = gr.Button(visible=False)
-    api_button.click(analyze, inputs=inputs[:4], outputs=[o["label"], o["truth"], ctx.analysed, o["api_overlays"],
-                                                          o["api_note"], o["cam_raw"]], api_name="analyze")
+    api_outputs = [o["label"], o["truth"], ctx.analysed, o["api_overlays"], o["api_note"], o["cam_raw"]]
+    api_button.click(analyze, inputs=view, outputs=api_outputs, api_name="analyze")
     follow_inputs = [ctx.image, ctx.open_tab, *(c for f in ctx.followers for c in f.inputs)]
     follow_outputs = [c for f in ctx.followers for c in f.outputs]
     for event in events:

@@ -17,6 +17,18 @@ SAMPLES = sorted((ROOT / "assets" / "samples").glob("*.png"))
 
 
 @pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """One app server on the shipped assets for this module's browser tests."""
+    from test_browser import _browser_or_fail
+
+    from conftest import start_app
+
+    _browser_or_fail()
+    with start_app(tmp_path_factory.mktemp("speed-app")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def explorer_modules():
     from explorer import context
     from explorer.tabs import blocks, features, gradcam
@@ -106,15 +118,12 @@ def test_hidden_tabs_compute_nothing_for_a_new_image_and_send_nothing(explorer_m
     assert list(entry.extras) == [("anatomy", "layer1.0", None)]
 
 
-def test_a_new_image_costs_the_analysis_and_one_follow_up(tmp_path) -> None:
-    from test_browser import _browser_or_fail, browser_page
+def test_a_new_image_costs_the_analysis_and_one_follow_up(app_url) -> None:
+    from test_browser import browser_page
 
-    from conftest import start_app
-
-    _browser_or_fail()
     from playwright.sync_api import expect
 
-    with start_app(tmp_path) as url, browser_page(url, failure_png="browser-speed-failure.png") as page:
+    with browser_page(app_url, failure_png="browser-speed-failure.png") as page:
         # The page opens on a worked example, analysed without a click.
         expect(page.locator("#true-class")).to_contain_text(SAMPLES[0].name, timeout=60_000)
         expect(page.locator("#gradcam-strip canvas")).to_have_count(4, timeout=30_000)
@@ -143,22 +152,19 @@ def _strip_pixels(page) -> list[np.ndarray]:
     return [np.asarray(v, dtype=np.uint8).reshape(256, 256, 4)[..., :3] for v in flat]
 
 
-def test_class_opacity_and_scale_are_drawn_in_the_page_as_the_server_draws_them(explorer_modules, tmp_path) -> None:
+def test_class_opacity_and_scale_are_drawn_in_the_page_as_the_server_draws_them(explorer_modules, app_url) -> None:
     """Once an image is analysed, a new class, opacity or colour scale needs no answer from the
     server: the page draws the overlays itself, pixel for pixel as ``insight.render.overlay``."""
-    from test_browser import _browser_or_fail, browser_page
+    from test_browser import browser_page
 
-    from conftest import start_app
     from insight import render
-
-    _browser_or_fail()
     from playwright.sync_api import expect
 
     context, _, _, _ = explorer_modules
     cat = next(p for p in SAMPLES if p.name == "cat_0.png")
     entry = context.CACHE.entry(str(cat))
     context.CACHE.every_class(entry)
-    with start_app(tmp_path) as url, browser_page(url, failure_png="browser-strip-failure.png") as page:
+    with browser_page(app_url, failure_png="browser-strip-failure.png") as page:
         page.locator("#samples img").nth(9).click()  # cat_0.png
         expect(page.locator(STRIP)).to_have_attribute("data-key", entry.key, timeout=60_000)
 

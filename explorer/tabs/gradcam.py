@@ -109,7 +109,13 @@ def raw_maps(image: str | None, target: str, shown: bool = True) -> dict | None:
         return gr.skip()
     if image is None:
         return None
-    entry, chosen = _entry_and_target(image, target)
+    return raw_of(CACHE.entry(image), target)
+
+
+def raw_of(entry: Entry, target: str) -> dict:
+    """The raw maps of the class ``target`` names (or the predicted one) for an analysed image."""
+    chosen = target_index(target)
+    chosen = entry.predicted if chosen is None else chosen
     return _raw(chosen, CACHE.cams(entry, chosen))
 
 
