@@ -87,6 +87,7 @@ CSS = """
 .camstrip canvas { width: 100%; max-width: 256px; aspect-ratio: 1; image-rendering: auto; border-radius: 4px; }
 .camstrip figcaption { font-size: 0.85em; opacity: 0.8; }
 .camstrip .camnote { margin-top: 6px; }
+@media (max-width: 640px) { .camstrip .cells { grid-template-columns: repeat(2, minmax(0, 1fr)); } }
 """
 
 # Runs once when the strip is mounted. ``props.value`` is the payload (or null); ``watch`` redraws
