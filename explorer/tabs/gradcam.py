@@ -87,10 +87,15 @@ def cam_outputs(entry: Entry, target: int, opacity: float, scale: str) -> tuple:
     return (*cam_view(entry, target, cams, opacity, scale), _raw(target, cams))
 
 
+def _chosen(entry: Entry, target: str) -> int:
+    """The class ``target`` names, or the image's predicted class."""
+    chosen = target_index(target)
+    return entry.predicted if chosen is None else chosen
+
+
 def _entry_and_target(image: str, target: str) -> tuple[Entry, int]:
     entry = CACHE.entry(image)
-    chosen = target_index(target)
-    return entry, entry.predicted if chosen is None else chosen
+    return entry, _chosen(entry, target)
 
 
 @user_errors
@@ -114,8 +119,7 @@ def raw_maps(image: str | None, target: str, shown: bool = True) -> dict | None:
 
 def raw_of(entry: Entry, target: str) -> dict:
     """The raw maps of the class ``target`` names (or the predicted one) for an analysed image."""
-    chosen = target_index(target)
-    chosen = entry.predicted if chosen is None else chosen
+    chosen = _chosen(entry, target)
     return _raw(chosen, CACHE.cams(entry, chosen))
 
 
@@ -187,10 +191,8 @@ def contrast_follow(image: str | None, target: str, method: str, opacity: float)
     """
     if image is None:
         return None, ""
-    entry, chosen = _entry_and_target(image, target)
-    # Ahead of a change of class for the image on screen: then any class is drawn at once.
-    CACHE.every_class(entry)
-    return _contrast_outputs(entry, chosen, method, opacity)
+    # Every class's maps came with the analysis (``strip``): nothing to do ahead of a class change.
+    return _contrast_outputs(*_entry_and_target(image, target), method, opacity)
 
 
 def build(ctx: Ctx) -> None:
