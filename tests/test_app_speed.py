@@ -88,12 +88,12 @@ def _page_with_followers(explorer_modules):
     _, blocks, features, gradcam = explorer_modules
     with gr.Blocks():
         ctx = Ctx(image=gr.Image(), analysed=gr.Image(), open_tab=gr.Textbox())
-        ctx.follow("blocks", blocks.block_anatomy_follow, inputs=[gr.Dropdown(), gr.Radio(), gr.Slider()],
+        ctx.follow("blocks", blocks.block_anatomy, inputs=[gr.Dropdown(), gr.Radio(), gr.Slider()],
                    outputs=[gr.Plot(), gr.Plot()])
         ctx.follow("features", features.follow, inputs=[gr.Slider(), gr.Dropdown(), gr.Number()],
                    outputs=[gr.Plot() for _ in range(features.N_FEATURE_PLOTS)] + [gr.Gallery(), gr.State(),
                                                                                   gr.Image(), gr.Markdown()])
-        ctx.follow("gradcam", gradcam.contrast_follow, inputs=[gr.Dropdown(), gr.Radio(), gr.Slider()],
+        ctx.follow("gradcam", gradcam.contrast, inputs=[gr.Dropdown(), gr.Radio(), gr.Slider()],
                    outputs=[gr.Image(), gr.Markdown()])
     return ctx
 

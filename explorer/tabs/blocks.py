@@ -69,13 +69,6 @@ def block_anatomy(image: str | None, block: str, view: str, channel: float) -> t
     )
 
 
-def block_anatomy_follow(image: str | None, block: str, view: str, channel: float) -> tuple:
-    """A new image while the tab is on screen: the block redrawn."""
-    if image is None:
-        return None, None
-    return block_anatomy(image, block, view, channel)
-
-
 def build(ctx: Ctx) -> None:
     with gr.Tab("Residual blocks", id="blocks") as tab:
         with gr.Row():
@@ -97,4 +90,4 @@ def build(ctx: Ctx) -> None:
         outputs=[parts, ratios],
         api_name="block_anatomy",
     )
-    ctx.follow("blocks", block_anatomy_follow, inputs=[block, view, channel], outputs=[parts, ratios])
+    ctx.follow("blocks", block_anatomy, inputs=[block, view, channel], outputs=[parts, ratios])

@@ -182,19 +182,6 @@ def prepare(entry: Entry) -> None:
     _contrast_map(entry, entry.predicted, CONTRAST_METHODS[0])
 
 
-@user_errors
-def contrast_follow(image: str | None, target: str, method: str, opacity: float) -> tuple:
-    """A new image while the tab is on screen: its contrast map.
-
-    Integrated Gradients costs several full analyses on this CPU, so images
-    browsed from another tab do not pay for it; opening the tab computes it.
-    """
-    if image is None:
-        return None, ""
-    # Every class's maps came with the analysis (``strip``): nothing to do ahead of a class change.
-    return _contrast_outputs(*_entry_and_target(image, target), method, opacity)
-
-
 def build(ctx: Ctx) -> None:
     with gr.Tab("Grad-CAM", id="gradcam") as tab:
         gr.Markdown(
@@ -246,7 +233,9 @@ def build(ctx: Ctx) -> None:
                     api_visibility="private", queue=False)
     target.change(contrast, inputs=contrast_inputs, outputs=contrast_outputs, api_name="contrast_for_target",
                   api_visibility="private")
-    ctx.follow("gradcam", contrast_follow, inputs=[target, method, opacity], outputs=[contrast_image, contrast_note])
+    # A new image while this tab is on screen: its contrast map (Integrated Gradients costs several full
+    # analyses on this CPU, so images browsed from another tab do not pay for it; opening the tab does).
+    ctx.follow("gradcam", contrast, inputs=[target, method, opacity], outputs=[contrast_image, contrast_note])
 
     api_gradcam.click(gradcam, inputs=view, outputs=[api_overlays, api_note, raw], api_name="gradcam")
     api_view.click(gradcam_view, inputs=view, outputs=[api_overlays, api_note], api_name="gradcam_view", queue=False)
