@@ -137,18 +137,19 @@ def wire_analysis(ctx: Ctx, demo: gr.Blocks) -> None:
     view = [ctx.image, c["target"], c["opacity"], c["scale"]]
     inputs = [*view, c["raw_shown"]]
     outputs = [o["label"], o["truth"], ctx.analysed, o["cams"], o["cam_raw"]]
-    events = [ctx.image.change(analyze_view, inputs=inputs, outputs=outputs, api_name="analyze_view",
-                               api_visibility="private")]
-    if OPENING is not None:
-        events.append(demo.load(analyze_view, inputs=inputs, outputs=outputs, api_name="opening_example",
-                                api_visibility="private"))
+    # One event for the opening example and every new image: the browser runs an event one at a
+    # time ("always_last": a trigger while it runs waits, then runs with the values of that moment),
+    # so an opening answer arriving late never replaces a sample clicked meanwhile, as two events
+    # writing the same outputs would.
+    triggers = [ctx.image.change] + ([demo.load] if OPENING is not None else [])
+    analysed = gr.on(triggers, analyze_view, inputs=inputs, outputs=outputs, api_name="analyze_view",
+                     api_visibility="private", trigger_mode="always_last")
     # The API's analysis: the same, with the overlays as image files (components only API calls fill).
     api_button = gr.Button(visible=False)
     api_outputs = [o["label"], o["truth"], ctx.analysed, o["api_overlays"], o["api_note"], o["cam_raw"]]
     api_button.click(analyze, inputs=view, outputs=api_outputs, api_name="analyze")
     follow_inputs = [ctx.image, ctx.open_tab, *(c for f in ctx.followers for c in f.inputs)]
     follow_outputs = [c for f in ctx.followers for c in f.outputs]
-    for event in events:
-        # Only after a successful analysis: a refused upload leaves every view as it was.
-        event.success(ctx.follow_all, inputs=follow_inputs, outputs=follow_outputs, js=OPEN_TAB_JS,
-                      api_name="follow", api_visibility="private", show_progress="minimal")
+    # Only after a successful analysis: a refused upload leaves every view as it was.
+    analysed.success(ctx.follow_all, inputs=follow_inputs, outputs=follow_outputs, js=OPEN_TAB_JS,
+                     api_name="follow", api_visibility="private", show_progress="minimal")

@@ -14,7 +14,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -60,12 +60,16 @@ class BrowserSession:
         self.errors: list[str] = []
 
     @contextmanager
-    def page(self, url: str, failure_png: str = "browser-failure.png") -> Iterator:
+    def page(self, url: str, failure_png: str = "browser-failure.png",
+             before: Callable[[Any], None] | None = None) -> Iterator:
         """A new 1400x1000 page on ``url``; whatever fails in the block leaves a full-page screenshot in
-        ARTIFACTS/``failure_png``. The page stays open: the browser's closing ends it."""
+        ARTIFACTS/``failure_png``. The page stays open: the browser's closing ends it. ``before(page)``
+        runs before the page is opened (to route its requests from the first one)."""
         page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         try:
+            if before is not None:
+                before(page)
             page.goto(url, wait_until="domcontentloaded")
             yield page
         except Exception:
@@ -89,9 +93,10 @@ def browser_session() -> Iterator[BrowserSession]:
 
 
 @contextmanager
-def browser_page(url: str, failure_png: str = "browser-failure.png") -> Iterator:
+def browser_page(url: str, failure_png: str = "browser-failure.png",
+                 before: Callable[[Any], None] | None = None) -> Iterator:
     """One page on ``url`` in its own browser (see ``browser_session`` and ``BrowserSession.page``)."""
-    with browser_session() as session, session.page(url, failure_png) as page:
+    with browser_session() as session, session.page(url, failure_png, before) as page:
         yield page
 
 
@@ -221,6 +226,57 @@ def test_click_sample_then_every_tab_renders(app_url):
         page.locator("#input-image button[aria-label='Remove Image']").first.click()
         page.locator("#input-image input[type=file]").set_input_files(str(SAMPLE_DIR / "ship_0.png"))
         expect(page.locator("#true-class")).to_contain_text("True class: ship", timeout=60_000)
+
+
+def test_a_sample_clicked_before_the_opening_example_arrives_is_what_the_page_shows(app_url):
+    """The page opens on a worked example, analysed as it loads. A sample clicked before that
+    answer arrives is what the page ends on: the late opening answer replaces neither the panel
+    on top, nor the Grad-CAM strip, nor the tab's follow-up (the contrast map)."""
+    import hashlib
+    import re
+    import urllib.request
+
+    from playwright.sync_api import expect
+
+    config = json.loads(urllib.request.urlopen(app_url + "config", timeout=30).read())
+    truth_id = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "true-class")
+    opening = {i for i, d in enumerate(config["dependencies"])
+               if any(event == "load" for _, event in d["targets"]) and truth_id in d["outputs"]}
+    assert opening, "the page analyses an example as it opens"
+    held: list = []
+
+    def hold_the_opening_analysis(route) -> None:
+        if not held and json.loads(route.request.post_data or "{}").get("fn_index") in opening:
+            held.append(route)
+        else:
+            route.continue_()
+
+    def before(page) -> None:
+        page.route("**/queue/join*", hold_the_opening_analysis)
+
+    cat = hashlib.sha256((ROOT / "assets" / "samples" / "cat_0.png").read_bytes()).hexdigest()
+    with browser_page(app_url, failure_png="browser-opening-race-failure.png", before=before) as page:
+        expect(page.locator("#samples img").nth(9)).to_be_visible(timeout=30_000)
+        for _ in range(300):
+            if held:
+                break
+            page.wait_for_timeout(100)
+        assert held, "the opening example's analysis was not sent"
+        page.locator("#samples img").nth(9).click()  # cat_0.png
+        page.wait_for_timeout(3000)  # time enough to answer the click, if it is sent now
+        held.pop().continue_()  # then the opening example's answer
+        page.unroute("**/queue/join*")
+        strip = page.locator("#gradcam-strip .camstrip")
+        expect(strip).to_have_attribute("data-key", cat, timeout=60_000)
+        page.wait_for_function("() => !document.querySelectorAll('.pending, .eta-bar, .generating').length",
+                               timeout=60_000)
+        page.wait_for_timeout(2000)  # anything still on its way has landed
+        expect(page.locator("#true-class")).to_contain_text("cat_0.png")
+        expect(strip).to_have_attribute("data-key", cat)
+        predicted = re.search(r"Grad-CAM for (\w+) \(p = [0-9.]+\); the predicted class", strip.inner_text())
+        assert predicted, strip.inner_text()
+        expect(page.locator("#contrast-note")).to_contain_text(f"Integrated Gradients for {predicted[1]}:",
+                                                               timeout=60_000)
 
 
 def _wait_plots(page, selector: str, n: int = 1, timeout: int = 30_000) -> None:

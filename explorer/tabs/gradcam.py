@@ -204,7 +204,7 @@ def build(ctx: Ctx) -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 method = gr.Radio(list(CONTRAST_METHODS), value=CONTRAST_METHODS[0], label="Method")
-                contrast_note = gr.Markdown(label="contrast note")
+                contrast_note = gr.Markdown(label="contrast note", elem_id="contrast-note")
             contrast_image = gr.Image(label="Attribution", interactive=False, format="webp", height=256, scale=1,
                                       elem_id="contrast-image")
         # The API's answer is the overlays as image files: components only API calls fill.
