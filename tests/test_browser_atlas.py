@@ -65,8 +65,8 @@ def test_pick_a_channel_and_see_its_top_test_images(server):
         page.locator("#atlas-stage input").click()
         page.get_by_role("option", name=STAGE, exact=True).click()
         # A new stage keeps channel 0 (it fits every stage) and shows it, as a user sees before typing. The
-        # input already read 0, so only the note tells that the stage's answer is in: typed sooner, the
-        # number could be reset by the stage's channel fit, and the stage's answer land after Show's.
+        # input already read 0, so only the note tells that the stage's answers are in: typed sooner, on a
+        # loaded machine, the number was reset to 0 by the stage's channel fit answering after it.
         expect(page.locator("#atlas-channel input")).to_have_value("0", timeout=10_000)
         expect(page.locator("#atlas-note")).to_contain_text(re.compile(rf"{STAGE} channel 0\b"), timeout=60_000)
         page.locator("#atlas-channel input").fill(str(channel))
