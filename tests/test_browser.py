@@ -264,8 +264,15 @@ def test_a_sample_clicked_before_the_opening_example_arrives_is_what_the_page_sh
         assert held, "the opening example's analysis was not sent"
         page.locator("#samples img").nth(9).click()  # cat_0.png
         page.wait_for_timeout(3000)  # time enough to answer the click, if it is sent now
+        # Every text the panel shows from now on: the assertions below wait for the held answer to land
+        # (it names the opening sample, not cat_0.png), or they could pass before it replaced anything.
+        page.evaluate("""() => { const panel = document.querySelector('#true-class'); window.panel = [];
+            new MutationObserver(() => window.panel.push(panel.innerText))
+                .observe(panel, {subtree: true, childList: true, characterData: true}); }""")
         held.pop().continue_()  # then the opening example's answer
         page.unroute("**/queue/join*")
+        page.wait_for_function("() => window.panel.some(t => t.includes('.png') && !t.includes('cat_0.png'))",
+                               timeout=60_000)
         strip = page.locator("#gradcam-strip .camstrip")
         expect(strip).to_have_attribute("data-key", cat, timeout=60_000)
         page.wait_for_function("() => !document.querySelectorAll('.pending, .eta-bar, .generating').length",
