@@ -90,3 +90,60 @@ def test_pick_a_channel_and_see_its_top_test_images(server):
         n_picked = int((shipped.stages["layer4"].top_values[picked] > 0).sum())
         _shown(page.locator("#atlas-gallery img"), n_picked)
         page.screenshot(path=str(ARTIFACTS / "browser-atlas-shortcut.png"), full_page=True)
+
+
+def test_a_channel_typed_right_after_picking_a_stage_is_the_one_shown(server):
+    """A user picks a stage and at once types a channel and presses Show, before the stage's own
+    answer is in. The stage's answer is held back here until the Show has been pressed: when it
+    lands, the page still ends on the typed channel (the box, the note and the map alike). Before,
+    a late fit of the channel to the new stage reset the typed number, and the stage's late atlas
+    answer replaced the Show's."""
+    import json
+    import urllib.request
+
+    from playwright.sync_api import expect
+
+    _browser_or_fail()
+    shipped = atlas.load_atlas(ROOT / "assets" / atlas.ATLAS_FILE)
+    channel = _live_channel(shipped)
+    config = json.loads(urllib.request.urlopen(server + "config", timeout=30).read())
+    stage_id = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "atlas-stage")
+    # Every request a stage pick sends to the server, whichever event it belongs to.
+    on_stage = {i for i, d in enumerate(config["dependencies"]) if [stage_id, "input"] in [list(t) for t in d["targets"]]}
+    assert on_stage, "picking a stage shows its channel"
+    held: list = []
+    released: list = []
+
+    def hold_the_stage_answers(route) -> None:
+        if not released and json.loads(route.request.post_data or "{}").get("fn_index") in on_stage:
+            held.append(route)
+        else:
+            route.continue_()
+
+    with browser_page(server, failure_png="browser-atlas-race-failure.png") as page:
+        expect(page.locator("#samples")).to_be_visible(timeout=30_000)
+        page.locator("#samples img").nth(9).click()  # cat_0.png
+        expect(page.locator("#true-class")).to_contain_text("True class: cat", timeout=60_000)
+        open_tab(page, "Feature maps")
+        expect(page.locator("#atlas-note")).to_contain_text("layer4 channel 0", timeout=60_000)
+        _shown(page.locator("#atlas-shortcut img"), 8)
+
+        page.route("**/queue/join*", hold_the_stage_answers)
+        page.route("**/run/predict*", hold_the_stage_answers)
+        page.locator("#atlas-stage input").click()
+        page.get_by_role("option", name=STAGE, exact=True).click()
+        page.locator("#atlas-channel input").fill(str(channel))
+        page.locator("#atlas-show").click()
+        page.wait_for_timeout(2000)  # time enough for the Show to be answered, if it is sent now
+        assert held, "the stage's answers were not sent"
+        released.append(True)
+        for route in held:
+            route.continue_()
+        expect(page.locator("#atlas-note")).to_contain_text(f"{STAGE} channel {channel}", timeout=60_000)
+        page.wait_for_function("() => !document.querySelectorAll('.pending, .eta-bar, .generating').length",
+                               timeout=60_000)
+        page.wait_for_timeout(2000)  # anything still on its way has landed
+        expect(page.locator("#atlas-channel input")).to_have_value(str(channel))
+        expect(page.locator("#atlas-note")).to_contain_text(f"{STAGE} channel {channel}")
+        expect(page.locator("#atlas-current-note")).to_contain_text(f"{STAGE} channel {channel} on the current image")
+        _shown(page.locator("#atlas-gallery img"), int((shipped.stages[STAGE].top_values[channel] > 0).sum()))

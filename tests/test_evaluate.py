@@ -247,7 +247,21 @@ def test_the_card_names_the_data_set_and_the_timings_not_paths(exported, tiny_ci
     assert card["evaluation_precision"].startswith("float32")
 
 
-def test_the_evaluation_runs_in_float32_whatever_the_trainer_left_switched_on(tiny_data, monkeypatch):
+@pytest.fixture
+def tf32_switched_on():
+    """TF32 on, as the trainer leaves it on CUDA, and the process's own settings back afterwards.
+
+    Not monkeypatch.setattr: torch.backends.cuda.matmul is a proxy whose flags live in
+    __getattr__/__setattr__, and pytest >= 9.2 undoes a set attribute that was missing from the
+    instance's __dict__ by deleting it, which that proxy refuses. Assignment is its only API.
+    """
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_the_evaluation_runs_in_float32_whatever_the_trainer_left_switched_on(tiny_data, tf32_switched_on):
     """The card's accuracy is the float32 one: no autocast, and no TF32 even where the trainer enabled it."""
     from torch import nn
 
@@ -259,8 +273,6 @@ def test_the_evaluation_runs_in_float32_whatever_the_trainer_left_switched_on(ti
                          torch.backends.cuda.matmul.allow_tf32))
             return torch.arange(10.0).repeat(x.shape[0], 1)
 
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     evaluate_model(Spy(), tiny_data.test, dataset="tiny", weights="spy", device=torch.device("cpu"), show_progress=False)
     assert seen and set(seen) == {(torch.float32, False, False, False)}
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32, "restored afterwards"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-APP_COMMAND = "pip install -r requirements.txt && python app.py"
-TEST_COMMAND = "pip install -r requirements-dev.txt && python -m pytest -q"
+APP_COMMAND = "pip install -r requirements.txt -c constraints.txt && python app.py"
+TEST_COMMAND = "pip install -r requirements-dev.txt -c constraints.txt && python -m pytest -q"
 
 
 def front_matter() -> dict[str, str]:
@@ -26,6 +26,29 @@ def test_quickstart_has_exactly_the_two_commands() -> None:
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert TEST_COMMAND in ci.splitlines()
+
+
+def _requirements(name: str) -> list[str]:
+    lines = [line.split("#", 1)[0].strip() for line in (ROOT / name).read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("-")]
+
+
+def test_no_release_published_after_the_suite_passed_can_reach_a_fresh_install() -> None:
+    """Every direct dependency has an upper bound, and the lock pins a version inside each range."""
+    from packaging.requirements import Requirement
+
+    locked = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            locked[name.lower().replace("_", "-")] = version
+    for file in ("requirements.txt", "requirements-dev.txt"):
+        for line in _requirements(file):
+            req = Requirement(line)
+            assert any(s.operator in ("==", "<=", "<", "~=") for s in req.specifier), f"{file}: {line} has no upper bound"
+            name = req.name.lower().replace("_", "-")
+            assert name in locked, f"{req.name} is not in constraints.txt"
+            assert req.specifier.contains(locked[name]), f"{file}: {line} excludes the locked {locked[name]}"
 
 
 def test_space_front_matter_matches_the_pinned_gradio() -> None:

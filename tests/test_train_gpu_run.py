@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,9 @@ def job(tiny_cifar, tmp_path_factory):
     base = tmp_path_factory.mktemp("gpu_job")
     env = {
         **os.environ, "OMP_NUM_THREADS": "1",
+        # The interpreter running the tests, whatever `python3` on PATH is (a virtual environment
+        # that is not activated leaves the system's there); the GPU box keeps the script's python3.
+        "PYTHON": sys.executable,
         "OUT": str(base / "out"), "RUNS": str(base / "runs"), "DATA": str(tiny_cifar.archive), "DEVICE": "cpu",
         "EPOCHS": "1",
         "TRAIN_ARGS": "--batch-size 10 --min-res 8 --res-ramp-start 0.5 --res-ramp-end 1.0 --eval-batch-size 30 "

@@ -21,6 +21,7 @@
 # still give weights. The CPU rehearsal (tests/test_train_gpu_run.py) runs this very file with tiny
 # settings through these variables:
 #   DATA (data/cifar10-jpeg.tar.gz)  DEVICE (cuda)  EPOCHS (the recipe's)  RUNS (runs)
+#   PYTHON (python3: the GPU box's; the rehearsal passes the interpreter running the tests)
 #   TRAIN_ARGS, BENCH_ARGS (extra flags)  TRAIN_TIMEOUT (420 s)  BENCH_TIMEOUT (90 s)
 # Worst case 420 + 20 (grace) + 60 (export of an unfinished run) + 90 + packing < 600 s; the expected
 # case is ~300 s of training plus ~40 s of data loading, compile warm-up and export, then ~40 s of benchmark.
@@ -32,6 +33,7 @@ DEVICE=${DEVICE:-cuda}
 RUNS=${RUNS:-runs}
 TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-420}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-90}
+PYTHON=${PYTHON:-python3}
 RUN=$RUNS/gpu
 EXPORT=$RUNS/gpu-export
 LOGS=$EXPORT/logs
@@ -44,27 +46,27 @@ mkdir -p "$OUT" "$LOGS"
 {
     echo "started $(date -u +%FT%TZ) on $(hostname); git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-    python3 -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+    "$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 } 2>&1 | tee "$LOGS/environment.log"
 
 # 1. Train and export (the default recipe; --overwrite: a leftover runs/gpu must not stop it).
 epochs=()
 [ -n "${EPOCHS:-}" ] && epochs=(--epochs "$EPOCHS")
 # shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags
-timeout -s TERM -k 20 "$TRAIN_TIMEOUT" python3 -m train --data "$DATA" --device "$DEVICE" --out "$RUN" \
+timeout -s TERM -k 20 "$TRAIN_TIMEOUT" "$PYTHON" -m train --data "$DATA" --device "$DEVICE" --out "$RUN" \
     --overwrite --export-to "$EXPORT" "${epochs[@]}" ${TRAIN_ARGS:-} 2>&1 | tee "$LOGS/train.log"
 train_rc=${PIPESTATUS[0]}
-echo "python3 -m train exited with $train_rc after $(( $(date +%s) - started )) s" | tee -a "$LOGS/train.log"
+echo "$PYTHON -m train exited with $train_rc after $(( $(date +%s) - started )) s" | tee -a "$LOGS/train.log"
 
 if [ ! -f "$EXPORT/model_card.json" ] && [ -f "$RUN/checkpoint.pt" ]; then
-    timeout -s TERM -k 5 60 python3 -m train.export --run "$RUN" --to "$EXPORT" --data "$DATA" --device "$DEVICE" \
+    timeout -s TERM -k 5 60 "$PYTHON" -m train.export --run "$RUN" --to "$EXPORT" --data "$DATA" --device "$DEVICE" \
         --allow-unfinished --notes "UNFINISHED: the GPU job's time limit stopped training before its last epoch." \
         2>&1 | tee "$LOGS/export.log"
 fi
 
 # 2. Throughput: ours vs torchvision's ResNet-50, same step, bf16 + channels_last + compile, batch 512.
 # shellcheck disable=SC2086
-timeout -s TERM -k 5 "$BENCH_TIMEOUT" python3 bench/train_throughput.py --device "$DEVICE" ${BENCH_ARGS:-} \
+timeout -s TERM -k 5 "$BENCH_TIMEOUT" "$PYTHON" bench/train_throughput.py --device "$DEVICE" ${BENCH_ARGS:-} \
     2>&1 | tee "$LOGS/bench.log"
 bench_rc=${PIPESTATUS[0]}
 
@@ -82,7 +84,7 @@ ls -l "$OUT"
 
 # 4. The summary, last.
 echo "=== GPU job summary ==="
-python3 - "$EXPORT" "$LOGS/bench.log" "$train_rc" "$bench_rc" "$weights_sha" "$(( $(date +%s) - started ))" "$OUT" <<'PY'
+"$PYTHON" - "$EXPORT" "$LOGS/bench.log" "$train_rc" "$bench_rc" "$weights_sha" "$(( $(date +%s) - started ))" "$OUT" <<'PY'
 import json, os, sys
 export, bench_log, train_rc, bench_rc, sha, job_seconds, out = sys.argv[1:]
 try:

@@ -8,6 +8,7 @@ the first time the tab opens, and nothing here runs while the tab is hidden.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Sequence
 
@@ -291,23 +292,23 @@ def open_atlas(loaded: bool, stage: str, channel: float) -> tuple:
     return (atlas_overview_markdown(a), *channel_atlas(stage, channel), True)
 
 
-def fit_channel(stage: str, channel: float) -> gr.Number:
-    """A new stage: keep the channel number when the stage has it, else its last channel."""
-    stage = _check_stage(stage)
-    last = CHANNELS[stage] - 1
-    try:
-        value = min(max(int(float(channel)), 0), last)
-    except (TypeError, ValueError):
-        value = 0
-    return gr.Number(value=value, maximum=last, label=f"Channel (0..{last})")
+def fit_channel_js() -> str:
+    """The browser's fit of the typed channel to the chosen stage: a whole number in 0..last.
+
+    It runs in the page, before the events that show a channel read their inputs, so no answer of
+    the server's can land after a number typed since and put another one in its place (a late
+    server-side fit reset a channel typed right after a new stage was picked).
+    """
+    last = json.dumps({name: n - 1 for name, n in CHANNELS.items()})
+    return (f"(stage, channel) => {{ const last = {last}[stage] ?? 0; const c = Math.trunc(Number(channel)) || 0; "
+            "return [stage, Math.min(Math.max(c, 0), last)]; }")
 
 
 def pick_shortcut(channels: list[int], evt: gr.SelectData) -> tuple:
     """A click on one of the current image's layer4 channels: show that channel's atlas entry."""
     if not channels or not isinstance(evt.index, int) or not 0 <= evt.index < len(channels):
         return gr.skip(), gr.skip()
-    last = CHANNELS[SHORTCUT_STAGE] - 1
-    return SHORTCUT_STAGE, gr.Number(value=channels[evt.index], maximum=last, label=f"Channel (0..{last})")
+    return SHORTCUT_STAGE, channels[evt.index]
 
 
 def build(ctx: Ctx) -> None:
@@ -326,8 +327,9 @@ def build(ctx: Ctx) -> None:
         shortcut_channels = gr.State([])
         with gr.Row():
             stage = gr.Dropdown(list(FEATURE_NAMES), value=SHORTCUT_STAGE, label="Stage", elem_id="atlas-stage", scale=1)
-            last = CHANNELS[SHORTCUT_STAGE] - 1
-            channel = gr.Number(value=0, precision=0, minimum=0, maximum=last, label=f"Channel (0..{last})",
+            # One range for every stage (the widest): the page fits the number to the stage (fit_channel_js).
+            channel = gr.Number(value=0, precision=0, minimum=0, maximum=max(CHANNELS.values()) - 1, label="Channel",
+                                info=" · ".join(f"{name} 0..{n - 1}" for name, n in CHANNELS.items()),
                                 elem_id="atlas-channel", scale=1)
             show = gr.Button("Show channel", variant="primary", elem_id="atlas-show", scale=1)
         note = gr.Markdown(elem_id="atlas-note")
@@ -353,21 +355,28 @@ def build(ctx: Ctx) -> None:
                api_visibility="private")
     tab.select(feature_maps, inputs=[ctx.image, n], outputs=plots, api_name="feature_maps_open", api_visibility="private")
     ctx.follow("features", follow, inputs=[n, stage, channel], outputs=[*plots, *views])
-    gr.on([show.click, channel.submit], channel_atlas, inputs=[stage, channel], outputs=shown,
-          api_name="channel_atlas").then(class_means_figure, inputs=[details], outputs=[bars],
-                                         api_name="atlas_bars", api_visibility="private")
-    gr.on([show.click, channel.submit], channel_map, inputs=[ctx.image, stage, channel], outputs=[current, current_note],
-          api_name="channel_map")
-    # A new stage or a shortcut click sets the channel first, then shows it (.input/.select: user actions only,
-    # so these programmatic updates do not trigger a second round).
-    for how, chosen in (
-        ("stage", stage.input(fit_channel, inputs=[stage, channel], outputs=[channel], queue=False,
-                              api_name="atlas_fit_channel", api_visibility="private")),
-        ("shortcut", shortcut.select(pick_shortcut, inputs=[shortcut_channels], outputs=[stage, channel], queue=False,
-                                     api_name="atlas_pick_shortcut", api_visibility="private")),
-    ):
-        chosen.then(channel_atlas, inputs=[stage, channel], outputs=shown, api_name=f"atlas_by_{how}",
-                    api_visibility="private").then(class_means_figure, inputs=[details], outputs=[bars],
-                                                   api_name=f"atlas_bars_by_{how}", api_visibility="private")
-        chosen.then(channel_map, inputs=[ctx.image, stage, channel], outputs=[current, current_note],
-                    api_name=f"atlas_map_by_{how}", api_visibility="private")
+    # A stage picked, Show pressed or Enter typed: one event each for the atlas entry and the map, so the
+    # page's "always_last" answers them in order and the last move's answer is the one left on screen (a
+    # stage's own follow-up, answered after a Show pressed since, replaced the channel shown). The number
+    # is fitted to the stage in the browser first, and the box shows the fitted number.
+    fit = fit_channel_js()
+    choose = [show.click, channel.submit, stage.input]
+    gr.on(choose, None, inputs=[stage, channel], outputs=[stage, channel], js=fit, queue=False,
+          api_visibility="private")
+    gr.on(choose, channel_atlas, inputs=[stage, channel], js=fit, outputs=shown, api_name="channel_atlas",
+          concurrency_id="atlas", concurrency_limit=1).then(
+        class_means_figure, inputs=[details], outputs=[bars], api_name="atlas_bars", api_visibility="private",
+        concurrency_id="atlas")
+    gr.on(choose, channel_map, inputs=[ctx.image, stage, channel],
+          js=f"(image, stage, channel) => [image, ...({fit})(stage, channel)]", outputs=[current, current_note],
+          api_name="channel_map", concurrency_id="atlas_map", concurrency_limit=1)
+    # A click on one of the image's layer4 channels sets stage and channel (.select: a user's action only), then
+    # shows them, in the same queues as the events above.
+    chosen = shortcut.select(pick_shortcut, inputs=[shortcut_channels], outputs=[stage, channel], queue=False,
+                             api_name="atlas_pick_shortcut", api_visibility="private")
+    chosen.then(channel_atlas, inputs=[stage, channel], outputs=shown, api_name="atlas_by_shortcut",
+                api_visibility="private", concurrency_id="atlas").then(
+        class_means_figure, inputs=[details], outputs=[bars], api_name="atlas_bars_by_shortcut",
+        api_visibility="private", concurrency_id="atlas")
+    chosen.then(channel_map, inputs=[ctx.image, stage, channel], outputs=[current, current_note],
+                api_name="atlas_map_by_shortcut", api_visibility="private", concurrency_id="atlas_map")
