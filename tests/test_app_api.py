@@ -271,6 +271,18 @@ def test_training_figure_marks_final_accuracy_and_the_seed_notebook():
     assert "85.00%** on 1,000 test images" in training.training_summary(history)
 
 
+def test_training_curves_mark_where_each_warm_restart_began():
+    history = _history()
+    assert not any(s.type == "line" and s.x0 == s.x1 for s in training.training_figure(history).layout.shapes)
+    for row in history["epochs"]:
+        row["run"] = 1 if row["epoch"] <= 2 else 2
+    fig = training.training_figure(history)
+    starts = [s for s in fig.layout.shapes if s.x0 == s.x1 == 2.5]
+    assert len(starts) == 2, "a dashed line at the restart in both panels"
+    assert any(a.text == "run 2" for a in fig.layout.annotations)
+    assert "in 2 runs" in training.training_summary(history)
+
+
 def test_feature_grid_has_one_heatmap_per_channel_on_one_scale():
     act = np.random.default_rng(0).random((64, 8, 8)).astype(np.float32)
     top = activations.top_channels(act, 6)

@@ -15,6 +15,7 @@ from resnet.weights import ASSETS_DIR, WEIGHTS_FILE
 
 from .augment import normalize
 from .config import TrainConfig
+from .hardware import bf16_pays
 
 
 def add_model_and_data_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
@@ -69,14 +70,14 @@ def predict_logits(
 ) -> Tensor:
     """float32 (N, classes) logits on the CPU for uint8 (N, 32, 32, 3) images, in eval mode.
 
-    ``amp="bfloat16"`` runs under bf16 autocast on CUDA (the quick evaluations
-    during training); the default is float32.
+    ``amp="bfloat16"`` runs under bf16 autocast on CUDA and on a CPU with bf16
+    units (the quick evaluations during training); the default is float32.
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     was_training = model.training
     model.eval()
-    use_amp = device.type == "cuda" and amp == "bfloat16"
+    use_amp = amp == "bfloat16" and bf16_pays(device)
     out = []
     try:
         for start in range(0, images.shape[0], batch_size):

@@ -34,7 +34,6 @@ import copy
 import importlib
 import math
 import os
-import platform
 import random
 import signal
 import sys
@@ -70,7 +69,9 @@ from .checkpoint import (
 from .config import ConfigError, TrainConfig
 from .data import Cifar10, load_cifar10, sample_rows
 from .export import export_run, portable_config
+from .hardware import bf16_pays, cpu_model, precision_name, processor_name
 from .inference import predict_logits, resolve_device
+from .lineage import Lineage, read_lineage
 
 __all__ = ["HISTORY_FILE", "TIMING_KEYS", "TrainResult", "TrainingDiverged", "fit", "lr_factor", "resolution_at"]
 
@@ -78,6 +79,7 @@ TIMING_KEYS = ("epoch_seconds", "images_per_second", "eval_seconds", "replay_sec
 GPU_SYNC_EVERY = 20  # steps between host syncs on CUDA (loss check, progress, stop requests)
 EVAL_SUBSET_SEED = 20240601  # fixed: intermediate evaluations of every run see the same images
 BN_RECAL_SEED = 7_919  # the images and augmentation of the BatchNorm recalibration, fixed per run seed
+HOLDOUT_SEED = 104_729  # fixed: every run with the same --holdout holds out the same training images
 # Everything the run imports lazily (safetensors only at export): checked before the first step,
 # so a box without one fails in seconds instead of after minutes of training.
 RUN_MODULES = ("numpy", "PIL.Image", "safetensors.torch", "tqdm")
@@ -192,8 +194,34 @@ def device_name(device: torch.device, world: int) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        name = f"CPU ({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     return f"{world} x {name}" if world > 1 else name
+
+
+def estimate_cpu_seconds(model: ResNet, steps: Counter[int], cfg: TrainConfig, use_amp: bool) -> float:
+    """Seconds of training for ``steps`` (resolution -> steps), from one timed step at each resolution.
+
+    On a copy of the model with constant inputs: neither the run's weights nor any random
+    generator is touched, so a resumed run stays bit-identical to an uninterrupted one.
+    """
+    probe = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(probe.parameters(), lr=0.0)
+    y = torch.zeros(cfg.batch_size, dtype=torch.long)
+    total = 0.0
+    for res, n in steps.items():
+        x = torch.zeros(cfg.batch_size, 3, res, res)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for _ in range(2):  # the first step of a shape also picks and lays out oneDNN's kernels
+            start = time.perf_counter()
+            with probe.inplace_activations(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_amp):
+                logits = probe(x)
+            F.cross_entropy(logits.float(), y).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - start
+        total += seconds * n
+    return total
 
 
 def check_run_can_finish(cfg: TrainConfig, device: torch.device) -> None:
@@ -296,7 +324,16 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, data: Cifar10, ctx: Dist, device: torch.device) -> None:
         self.cfg, self.data, self.ctx, self.device = cfg, data, ctx, device
-        n_train = len(data.train)
+        # The held-out slice (--holdout) is never trained on: recipes are chosen on it, not on the test split.
+        train_rows = np.arange(len(data.train))
+        holdout_rows = None
+        if cfg.holdout:
+            if cfg.holdout >= len(data.train):
+                raise ConfigError(f"--holdout {cfg.holdout} leaves none of the {len(data.train)} training images to train on")
+            order = np.random.default_rng(HOLDOUT_SEED).permutation(len(data.train))
+            holdout_rows, train_rows = np.sort(order[: cfg.holdout]), np.sort(order[cfg.holdout :])
+        self.evaluated_on = "holdout" if holdout_rows is not None else "test"
+        n_train = self.n_train = len(train_rows)
         self.per_epoch = min(cfg.max_train_images or n_train, n_train)
         if cfg.batch_size % ctx.world:
             raise ConfigError(f"batch_size {cfg.batch_size} does not split evenly over {ctx.world} processes")
@@ -306,7 +343,8 @@ class Run:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.local_batch = cfg.batch_size // ctx.world
         self.lr_peak = peak_lr(cfg)
-        self.use_amp = device.type == "cuda" and cfg.amp == "bfloat16"
+        self.use_amp = cfg.amp == "bfloat16" and bf16_pays(device)
+        self.precision = precision_name(cfg.amp, device)
         self.sync_every = 1 if device.type == "cpu" else GPU_SYNC_EVERY
         self.ckpt_path = Path(cfg.out) / CHECKPOINT_FILE
 
@@ -317,7 +355,16 @@ class Run:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
-        self.model: ResNet = resnet50().to(device)
+        self.model: ResNet = resnet50()
+        # A warm restart (--init-from) starts from those weights and continues their lineage; a resumed
+        # run takes the lineage from its checkpoint instead (load), whatever the folder holds by then.
+        self.lineage = Lineage()
+        if cfg.init_from and not cfg.resume:
+            self.lineage, state = read_lineage(cfg.init_from, list(sample_rows(data.test.labels)))
+            self.model.load_state_dict(state)
+            for note in self.lineage.notes:
+                self.say(f"note: {note}")
+        self.model = self.model.to(device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = Ema(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -334,16 +381,18 @@ class Run:
         # but each rank its own augmentation stream.
         self.perm_gen = torch.Generator().manual_seed(cfg.seed)
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + 1 + ctx.rank)
-        self.state = RunState(sums=torch.zeros(3, dtype=torch.float64, device=device))
+        self.state = RunState(sums=torch.zeros(3, dtype=torch.float64, device=device), history=list(self.lineage.history))
         self._perm_on_device: tuple[Tensor | None, Tensor | None] = (None, None)
 
-        self.train_x = torch.from_numpy(data.train.images).to(device)
-        self.train_y = torch.from_numpy(data.train.labels).to(device)
-        self.test_x = torch.from_numpy(data.test.images).to(device)
-        self.test_y = torch.from_numpy(data.test.labels)
+        self.train_x = torch.from_numpy(data.train.images[train_rows]).to(device)
+        self.train_y = torch.from_numpy(data.train.labels[train_rows]).to(device)
+        evaluated = data.test if holdout_rows is None else data.train
+        eval_rows = np.arange(len(data.test)) if holdout_rows is None else holdout_rows
+        self.test_x = torch.from_numpy(evaluated.images[eval_rows]).to(device)
+        self.test_y = torch.from_numpy(evaluated.labels[eval_rows])
         self.eval_rows: Tensor | None = None
-        if 0 < cfg.eval_images < len(data.test):
-            rows = np.random.default_rng(EVAL_SUBSET_SEED).choice(len(data.test), cfg.eval_images, replace=False)
+        if 0 < cfg.eval_images < len(eval_rows):
+            rows = np.random.default_rng(EVAL_SUBSET_SEED).choice(len(eval_rows), cfg.eval_images, replace=False)
             self.eval_rows = torch.from_numpy(np.sort(rows))
 
         # The replay, recorded by rank 0 only: the shipped samples, as the export picks them.
@@ -354,6 +403,8 @@ class Run:
             rows = list(probes.values())
             self.probe_x = torch.from_numpy(data.test.images[rows]).to(device)
             self.recorder = ReplayRecorder(list(probes), data.test.labels[rows].tolist())
+            if self.lineage.replay is not None:  # a warm restart appends to the replay of the runs before
+                self.recorder = ReplayRecorder.from_state_dict(self.lineage.replay)
             self.record_at = set(record_steps(self.steps_per_epoch))
 
     def say(self, *args: Any, **kwargs: Any) -> None:
@@ -367,7 +418,7 @@ class Run:
         """This rank's augmented slice of the next global batch, its labels and its resolution."""
         s, cfg = self.state, self.cfg
         if s.perm is None:  # the first step of an epoch: a fresh order, fresh sums
-            s.perm = torch.randperm(len(self.data.train), generator=self.perm_gen)[: self.per_epoch]
+            s.perm = torch.randperm(self.n_train, generator=self.perm_gen)[: self.per_epoch]
             s.sums.zero_()
             s.res_steps.clear()
             s.epoch_seconds = 0.0
@@ -398,7 +449,7 @@ class Run:
         images = self.test_x if self.eval_rows is None else self.test_x[self.eval_rows.to(self.device)]
         labels = self.test_y if self.eval_rows is None else self.test_y[self.eval_rows]
         logits = predict_logits(self.eval_model, images, device=self.device, batch_size=self.cfg.eval_batch_size,
-                                amp=self.cfg.amp, channels_last=self.cfg.channels_last)
+                                amp=self.cfg.amp if self.use_amp else "none", channels_last=self.cfg.channels_last)
         preds = logits.argmax(1)
         return F.cross_entropy(logits, labels).item(), (preds == labels).double().mean().item(), labels.numpy(), preds.numpy()
 
@@ -412,15 +463,17 @@ class Run:
         if not all(np.isfinite(v).all() for v in snap.values()):
             # Weights gone NaN show here before the next loss check on CUDA (every GPU_SYNC_EVERY steps).
             raise self.diverged(f"by step {s.global_step} (the replay's probe images give NaN)")
-        self.recorder.add_snapshot(snap, step=s.global_step, epoch=s.global_step / self.steps_per_epoch,
-                                   images_seen=s.global_step * self.cfg.batch_size)
+        before = self.lineage
+        self.recorder.add_snapshot(snap, step=before.steps_before + s.global_step,
+                                   epoch=before.epochs_before + s.global_step / self.steps_per_epoch,
+                                   images_seen=before.images_before + s.global_step * self.cfg.batch_size)
         s.replay_seconds += time.perf_counter() - start
 
     def recalibrate_bn(self) -> None:
         """The EMA weights' own BatchNorm statistics, from augmented training images at full resolution."""
         cfg = self.cfg
-        n = min(cfg.bn_recalibration, len(self.data.train))
-        rows = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(cfg.seed + BN_RECAL_SEED))[:n]
+        n = min(cfg.bn_recalibration, self.n_train)
+        rows = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(cfg.seed + BN_RECAL_SEED))[:n]
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed + BN_RECAL_SEED)
         batches = [
             train_batch(self.train_x[rows[i : i + cfg.batch_size].to(self.device)], gen, pad=cfg.crop_pad, flip=cfg.flip,
@@ -457,6 +510,8 @@ class Run:
             "replay": self.recorder.state_dict() if self.recorder is not None else None,
             "perm_gen": self.perm_gen.get_state(), "aug_gen": aug_states, "rng": rng_state(self.device),
             "world": self.ctx.world, "device": device_name(self.device, self.ctx.world), "stopped": stopped,
+            "precision": self.precision, "threads": torch.get_num_threads(), "lineage": self.lineage.to_dict(),
+            "processor": processor_name(self.device),
         })
         if self.recorder is not None:
             start = time.perf_counter()
@@ -478,6 +533,7 @@ class Run:
         if self.recorder is not None:
             self.recorder = ReplayRecorder.from_state_dict(ckpt["replay"])
         s.history, s.finished = list(ckpt["history"]), ckpt["finished"]
+        self.lineage = Lineage.from_dict(ckpt.get("lineage"))
         self.perm_gen.set_state(ckpt["perm_gen"])
         set_rng_state(ckpt["rng"], self.device)
         if ckpt["world"] == ctx.world:
@@ -498,10 +554,30 @@ class Run:
             compiled = f"compiled ({len(steps)} resolution{'s' if len(steps) > 1 else ''}: one cold compile each)"
         return (
             f"training ResNet-50 on {self.data.name} ({len(self.data.train)} train / {len(self.data.test)} test images) on "
-            f"{device_name(self.device, self.ctx.world)}: {cfg.epochs} epochs x {self.steps_per_epoch} steps of "
-            f"{cfg.batch_size} images ({self.per_epoch} per epoch), peak lr {self.lr_peak:.3g}, {compiled}; "
-            f"steps per resolution {{{per_res}}}"
+            f"{device_name(self.device, self.ctx.world)} in {self.precision}: {cfg.epochs} epochs x {self.steps_per_epoch} "
+            f"steps of {cfg.batch_size} images ({self.per_epoch} per epoch), peak lr {self.lr_peak:.3g}, {compiled}; "
+            f"steps per resolution {{{per_res}}}; evaluated on {self.evaluated_on_words()}{self.lineage_words()}"
+            f"{self.duration_words(steps)}"
         )
+
+    def evaluated_on_words(self) -> str:
+        if self.evaluated_on == "holdout":
+            return f"{self.cfg.holdout} held-out training images (never trained on), not the test split"
+        return "the test split"
+
+    def lineage_words(self) -> str:
+        if not self.cfg.init_from:
+            return ""
+        before = self.lineage
+        return (f"; warm restart {before.run_number} from {self.cfg.init_from} (sha256 {before.init_from_sha256[:12]}), "
+                f"after {before.epochs_before} epochs of {len(before.runs)} earlier run(s)")
+
+    def duration_words(self, steps: Counter[int]) -> str:
+        """On a CPU, how long the run will take here: the step's speed measured now, at each resolution."""
+        if self.device.type != "cpu" or self.ctx.world > 1:
+            return ""
+        seconds = estimate_cpu_seconds(self.model, steps, self.cfg, self.use_amp)
+        return f"; expected here ~{seconds / 60:.0f} min of training ({self.precision}, measured on a few steps)"
 
 
 # ----- the run ------------------------------------------------------------------------------
@@ -580,7 +656,7 @@ def _fit(cfg: TrainConfig, data: Cifar10 | None, ctx: Dist, device: torch.device
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x, y, res = run.batch()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_amp):
+                with model.inplace_activations(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_amp):
                     logits = run.step_model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -630,7 +706,7 @@ def _fit(cfg: TrainConfig, data: Cifar10 | None, ctx: Dist, device: torch.device
     if cfg.export_to:
         if ctx.main:
             export_run(cfg.out, cfg.export_to, data=run.data, device=device, show_progress=show_progress,
-                       command_started=command_started)
+                       command_started=command_started, force=cfg.force_export)
         ctx.barrier()
     return TrainResult(True, s.history, run.ckpt_path, model=run.eval_model)
 
@@ -663,7 +739,7 @@ def end_epoch(run: Run, lr: float, res: int, clock: float) -> float:
             test_loss, test_acc, labels, preds = run.evaluate()
             n_eval = len(labels)
             if run.recorder is not None:
-                run.recorder.add_epoch_eval(number, labels, preds)
+                run.recorder.add_epoch_eval(run.lineage.epochs_before + number, labels, preds)
         ok = torch.tensor([test_loss is None or math.isfinite(test_loss)], device=run.device)
         if ctx.any(~ok)[0]:
             raise run.diverged(f"in the evaluation after epoch {number}")
@@ -671,7 +747,9 @@ def end_epoch(run: Run, lr: float, res: int, clock: float) -> float:
     run.snapshot()
 
     s.history.append({
-        "epoch": number,
+        "epoch": run.lineage.epochs_before + number,  # numbered on from the runs before a warm restart
+        "run": run.lineage.run_number,
+        "evaluated_on": run.evaluated_on,
         "train_loss": totals[0] / totals[2],
         "train_acc": totals[1] / totals[2],
         "test_loss": test_loss,
@@ -685,13 +763,14 @@ def end_epoch(run: Run, lr: float, res: int, clock: float) -> float:
         "replay_seconds": s.replay_seconds,  # so far: what recording the replay has cost the run up to here
         "test_images": n_eval,
         "train_images": int(totals[2]),  # counted on every rank and summed
-        "images_seen": s.global_step * cfg.batch_size,
+        "images_seen": run.lineage.images_before + s.global_step * cfg.batch_size,
     })
     s.epoch, s.step_in_epoch, s.perm, s.finished = number, 0, None, last
     if ctx.main:
         atomic_write_json(Path(cfg.out) / HISTORY_FILE, {"config": portable_config(cfg), "epochs": s.history})
         h = s.history[-1]
-        test = f" test loss {test_loss:.4f} acc {test_acc:.4f} ({n_eval} images)" if test_acc is not None else ""
+        test = (f" {run.evaluated_on} loss {test_loss:.4f} acc {test_acc:.4f} ({n_eval} images)"
+                if test_acc is not None else "")
         run.say(f"epoch {number}/{cfg.epochs}: train loss {h['train_loss']:.4f} acc {h['train_acc']:.4f}{test} "
                 f"lr {lr:.3g} {res}px {h['images_per_second']:.0f} img/s {s.epoch_seconds:.0f}+{eval_seconds:.0f} s", flush=True)
     return clock

@@ -26,6 +26,17 @@ SEED_NOTEBOOK_ACCURACY = 0.756
 SEED_NOTEBOOK_LABEL = "seed notebook: Keras ResNet-50, 50 epochs, no augmentation (75.6%)"
 
 
+def run_starts(epochs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first epoch row of every run (a history continued by warm restarts names each row's run)."""
+    starts, last = [], None
+    for row in epochs:
+        run = row.get("run", 1)
+        if run != last:
+            starts.append(row)
+            last = run
+    return starts
+
+
 def training_figure(history: dict[str, Any]) -> go.Figure:
     """Loss and accuracy per epoch; learning rate on a second axis; references marked."""
     epochs = history.get("epochs") or []
@@ -79,6 +90,9 @@ def training_figure(history: dict[str, Any]) -> go.Figure:
                        textposition="top left", hovertemplate="final test accuracy %{y:.2f}%<extra></extra>"),
             row=1, col=2,
         )
+    for start in run_starts(epochs)[1:]:  # a warm restart: a fresh optimizer and schedule from these weights
+        fig.add_vline(x=start["epoch"] - 0.5, line=dict(color="#555", dash="dash", width=1), row="all", col="all",
+                      annotation_text=f"run {start['run']}", annotation_position="top right")
     fig.update_xaxes(title_text="epoch", gridcolor="#eee", tick0=1, dtick=max(1, round(len(ep) / 10)))
     fig.update_yaxes(title_text="cross-entropy", row=1, col=1, secondary_y=False, gridcolor="#eee")
     fig.update_yaxes(title_text="learning rate", row=1, col=1, secondary_y=True, showgrid=False, rangemode="tozero")
@@ -94,8 +108,11 @@ def training_summary(history: dict[str, Any]) -> str:
     acc = f"{final['test_acc'] * 100:.2f}%" if final else "n/a"
     n_test = final.get("test_images") if final else None
     on = f" on {int(n_test):,} test images" if n_test else ""
+    starts = run_starts(epochs)
+    runs = (f" in {len(starts)} runs (each after the first a warm restart from the weights before it: a fresh "
+            f"optimizer and schedule; dashed lines)" if len(starts) > 1 else "")
     return (
-        f"{len(epochs)} epochs, {total / 60:.1f} min of training in total; final test accuracy **{acc}**{on} "
+        f"{len(epochs)} epochs{runs}, {total / 60:.1f} min of training in total; final test accuracy **{acc}**{on} "
         f"(the dotted red line is the {SEED_NOTEBOOK_LABEL}). Hover a point for its epoch time."
     )
 
