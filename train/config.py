@@ -45,12 +45,13 @@ PRESETS: dict[str, dict[str, tuple[Any, str]]] = {
         "device": ("cpu", "the 2-core CPU this recipe is sized for"),
         "amp": ("bfloat16", "2.7x the float32 step at 32 px on AMX (43.9 vs 16.4 img/s); a CPU without bf16 units "
                             "falls back to float32 by itself"),
-        "epochs": (16, "~130 min: measured per 50,000 images (bf16, batch 128, eager) ~333 s at 16 px, ~596 s at "
-                       "24 px, ~833 s at 32 px; with the ramp below an epoch averages ~472 s, plus ~10 s of "
-                       "evaluation. A 180-minute session keeps ~10 min for the export and ~30 for tests and commit"),
+        "epochs": (15, "~115 min here: the probes trained 2 epochs of 45,000 images in 13.6 min (~7.6 min per "
+                       "epoch of 50,000 with this ramp, evaluation included), and this CPU's speed varies by ~15%; a "
+                       "180-minute session keeps ~15 min for the export and ~30 for the tests and the commit"),
         "batch_size": (128, "smaller batches are faster per image on this CPU (cache): 64 -> 56, 128 -> 51, "
                             "256 -> 43 img/s at 32 px; 128 keeps BatchNorm statistics steady"),
-        "lr": (0.2, "peak 0.1 at batch 128: the pilot's value (no loss spike in 8 epochs)"),
+        "lr": (0.4, "peak 0.2 at batch 128: on 5,000 held-out training images after 2 epochs of this preset, "
+                    "59.7% against 52.9% with the pilot's peak 0.1 (README, Training: the probes)"),
         "warmup": (0.15, "the pilot's warm-up share; a short run needs the peak early"),
         "warmup_from": (0.1, "the pilot's start of the warm-up"),
         "min_res": (16, "a 16 px step is 3.3x cheaper than a 32 px one in bf16 (145.7 vs 43.9 img/s)"),
