@@ -40,6 +40,16 @@ def _shown(locator, n: int) -> None:
     _images_loaded(locator, n)
 
 
+def _cat_on_the_feature_maps_tab(page) -> None:
+    """A user clicks the sample cat_0.png, waits for its prediction and opens the Feature maps tab."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#samples")).to_be_visible(timeout=30_000)
+    page.locator("#samples img").nth(9).click()  # cat_0.png
+    expect(page.locator("#true-class")).to_contain_text("True class: cat", timeout=60_000)
+    open_tab(page, "Feature maps")
+
+
 def test_pick_a_channel_and_see_its_top_test_images(server):
     from playwright.sync_api import expect
 
@@ -51,11 +61,7 @@ def test_pick_a_channel_and_see_its_top_test_images(server):
     first = int(stage.top_rows[channel, 0])
 
     with browser_page(server, failure_png="browser-atlas-failure.png") as page:
-        expect(page.locator("#samples")).to_be_visible(timeout=30_000)
-        page.locator("#samples img").nth(9).click()  # cat_0.png
-        expect(page.locator("#true-class")).to_contain_text("True class: cat", timeout=60_000)
-
-        open_tab(page, "Feature maps")
+        _cat_on_the_feature_maps_tab(page)
         expect(page.locator("#atlas-overview")).to_contain_text("dead", timeout=60_000)
         expect(page.locator("#atlas-overview")).to_contain_text(f"{shipped.n_images:,} images of the CIFAR-10")
         # The shortcut: the current image's most active layer4 channels, as overlays.
@@ -121,10 +127,7 @@ def test_a_channel_typed_right_after_picking_a_stage_is_the_one_shown(server):
             route.continue_()
 
     with browser_page(server, failure_png="browser-atlas-race-failure.png") as page:
-        expect(page.locator("#samples")).to_be_visible(timeout=30_000)
-        page.locator("#samples img").nth(9).click()  # cat_0.png
-        expect(page.locator("#true-class")).to_contain_text("True class: cat", timeout=60_000)
-        open_tab(page, "Feature maps")
+        _cat_on_the_feature_maps_tab(page)
         expect(page.locator("#atlas-note")).to_contain_text("layer4 channel 0", timeout=60_000)
         _shown(page.locator("#atlas-shortcut img"), 8)
 
