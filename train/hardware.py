@@ -9,7 +9,6 @@ trainer keeps float32 there.
 from __future__ import annotations
 
 import functools
-import os
 import platform
 from pathlib import Path
 
@@ -71,7 +70,3 @@ def precision_name(amp: str, device: torch.device) -> str:
     if units:
         return f"bf16 autocast ({', '.join(units)})"
     return "float32 (this CPU has no bf16 units: neither amx_bf16 nor avx512_bf16)"
-
-
-def cpu_threads() -> int:
-    return torch.get_num_threads() or os.cpu_count() or 1

@@ -10,7 +10,6 @@ kept in the run's checkpoint, so a resumed run does not depend on the folder sta
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from insight.atlas import sha256_of
 from insight.replay import REPLAY_FILE, ReplayError, ReplayRecorder
+from insight.testset import EVALUATION_FILE
 from resnet.files import AssetError, read_json
-from resnet.weights import CARD_FILE, WeightsError, load_state_dict
+from resnet.weights import CARD_FILE, load_state_dict
 
 from .checkpoint import HISTORY_FILE
-
-EVALUATION_FILE = "evaluation.json"
 
 
 @dataclass
@@ -83,7 +82,7 @@ def read_lineage(weights: Path | str, probe_names: list[str]) -> tuple[Lineage, 
     """
     path = Path(weights)
     state = load_state_dict(path)  # a clear WeightsError for a missing, broken or LFS-pointer file
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = sha256_of(path)
     lineage = Lineage(init_from_sha256=sha)
     folder = path.parent
     try:
@@ -118,4 +117,4 @@ def read_lineage(weights: Path | str, probe_names: list[str]) -> tuple[Lineage, 
     return lineage, state
 
 
-__all__ = ["Lineage", "WeightsError", "read_lineage", "run_entry_from_card"]
+__all__ = ["Lineage", "read_lineage", "run_entry_from_card"]
