@@ -8,7 +8,8 @@ lives in ``insight``, the app in ``explorer``, training in ``train``.
 """
 
 from .constants import CLASSES, INPUT_SIZE, MEAN, NUM_CLASSES, STD
-from .model import FEATURE_NAMES, STAGE_NAMES, BlockAnatomy, Bottleneck, FeatureInfo, Intermediates, ResNet, resnet50
+from .model import (FEATURE_NAMES, STAGE_NAMES, BlockAnatomy, Bottleneck, FeatureInfo, Intermediates, ResNet, plain50,
+                    resnet50)
 from .weights import ASSETS_DIR, WeightsError, load_pretrained, save_weights
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ResNet",
     "WeightsError",
     "load_pretrained",
+    "plain50",
     "resnet50",
     "save_weights",
 ]

@@ -18,7 +18,7 @@ import copy
 import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Iterable, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
@@ -85,7 +85,9 @@ class Bottleneck(nn.Module):
         planes: int,
         stride: int = 1,
         downsample: nn.Module | None = None,
+        shortcut: bool = True,
     ) -> None:
+        """``shortcut=False`` makes the plain block of He et al.'s baselines: out = ReLU(F(x)), no path around F."""
         super().__init__()
         width = planes
         self.conv1 = conv1x1(inplanes, width)
@@ -99,6 +101,9 @@ class Bottleneck(nn.Module):
         self.relu3 = nn.ReLU()
         self.downsample = downsample
         self.stride = stride
+        self.has_shortcut = shortcut
+        # Lesion study (Veit et al. 2016): with the branch removed the block computes ReLU(shortcut(x)) alone.
+        self.branch_removed = False
 
     def residual(self, x: Tensor) -> Tensor:
         """F(x), the part of the block that learns."""
@@ -107,10 +112,34 @@ class Bottleneck(nn.Module):
         return self.bn3(self.conv3(out))
 
     def shortcut(self, x: Tensor) -> Tensor:
+        if not self.has_shortcut:  # a plain block: nothing goes around F
+            n, _, h, w = x.shape
+            return x.new_zeros(n, self.conv3.out_channels, -(-h // self.stride), -(-w // self.stride))
         return x if self.downsample is None else self.downsample(x)
 
+    def keeps_shape(self) -> bool:
+        """Whether the output has the input's shape (no stride, no change of width)."""
+        return self.stride == 1 and self.conv1.in_channels == self.conv3.out_channels
+
+    def without_branch(self, x: Tensor) -> Tensor:
+        """The block with its residual branch removed: ReLU(shortcut(x)).
+
+        A plain block has no shortcut; removing it leaves the identity where the shape allows
+        (which is what the same lesion gives a residual block there, x being a ReLU output
+        already), and no network at all where it does not (ValueError)."""
+        if self.has_shortcut:
+            return self.relu3(x if self.downsample is None else self.downsample(x))
+        if not self.keeps_shape():
+            raise ValueError("a plain block that changes the shape cannot be removed: nothing would be left to "
+                             "carry its input on")
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.branch_removed:
+            return self.without_branch(x)
         out = self.residual(x)
+        if not self.has_shortcut:
+            return self.relu3(out)
         if self.relu3.inplace:  # training's path (ResNet.inplace_activations): the sum into F(x)'s own memory
             out += self.shortcut(x)
             return self.relu3(out)
@@ -131,10 +160,13 @@ class ResNet(nn.Module):
         stem: Stem = "cifar",
         zero_init_residual: bool = True,
         init_weights: bool = True,
+        shortcuts: bool = True,
     ) -> None:
         """``init_weights=False`` skips the He init below (torch's default init stays): for a
-        model whose every weight is loaded at once, where it would be 0.1 s of wasted start-up."""
+        model whose every weight is loaded at once, where it would be 0.1 s of wasted start-up.
+        ``shortcuts=False`` removes every shortcut, projections included: He et al.'s plain net."""
         super().__init__()
+        self.shortcuts = shortcuts
         if stem not in ("cifar", "imagenet"):
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
         self.stem_kind: Stem = stem
@@ -171,16 +203,16 @@ class ResNet(nn.Module):
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
-        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+        if self.shortcuts and (stride != 1 or self.inplanes != planes * Bottleneck.expansion):
             # Projection shortcut (option B of the paper) only where the shape
             # changes; elsewhere the identity, which adds no parameters.
             downsample = nn.Sequential(
                 conv1x1(self.inplanes, planes * Bottleneck.expansion, stride),
                 nn.BatchNorm2d(planes * Bottleneck.expansion),
             )
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample, shortcut=self.shortcuts)]
         self.inplanes = planes * Bottleneck.expansion
-        layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [Bottleneck(self.inplanes, planes, shortcut=self.shortcuts) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -192,11 +224,12 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if zero_init_residual:
+        if zero_init_residual and self.shortcuts:
             # With the last BN's gamma at zero every block starts as the
             # identity, so at step 0 the 50-layer net behaves like a shallow
             # one and trains stably with large learning rates (Goyal et al.
-            # 2017, "Accurate, Large Minibatch SGD").
+            # 2017, "Accurate, Large Minibatch SGD"). A plain net cannot have it: a block whose F is
+            # zero outputs ReLU(0) = 0 and the whole net would start dead.
             for block in self.blocks().values():
                 nn.init.zeros_(block.bn3.weight)
 
@@ -255,6 +288,23 @@ class ResNet(nn.Module):
             for i, block in enumerate(getattr(self, stage))
         }
 
+    @contextmanager
+    def branches_removed(self, names: Iterable[str]) -> Iterator[ResNet]:
+        """Inside the block, the named blocks compute ReLU(shortcut(x)) alone (a lesion study)."""
+        blocks = self.blocks()
+        chosen = list(names)
+        for name in chosen:
+            if name not in blocks:
+                raise KeyError(f"no block {name!r}; blocks are {', '.join(blocks)}")
+        before = {name: blocks[name].branch_removed for name in chosen}
+        for name in chosen:
+            blocks[name].branch_removed = True
+        try:
+            yield self
+        finally:
+            for name, was in before.items():
+                blocks[name].branch_removed = was
+
     def block_anatomies(self, x: Tensor) -> tuple[Tensor, list[BlockAnatomy]]:
         """One forward pass that keeps x, F(x), F(x)+x and the output of every block."""
         x = self.forward_stem(x)
@@ -284,6 +334,17 @@ def resnet50(num_classes: int = NUM_CLASSES, stem: Stem = "cifar", zero_init_res
     """ResNet-50: bottleneck blocks [3, 4, 6, 3], 23,520,842 parameters for 10 classes (CIFAR stem)."""
     return ResNet((3, 4, 6, 3), num_classes=num_classes, stem=stem, zero_init_residual=zero_init_residual,
                   init_weights=init_weights)
+
+
+def plain50(num_classes: int = NUM_CLASSES, stem: Stem = "cifar", init_weights: bool = True) -> ResNet:
+    """Plain-50, ResNet-50's twin without shortcuts (He et al. 2015, Sec. 4.1's plain baselines): the same
+    layers and He init, every identity and projection shortcut removed, each block ReLU(F(x)). Its last
+    BatchNorm scales start at 1, not 0 (see ``ResNet._init_weights``)."""
+    return ResNet((3, 4, 6, 3), num_classes=num_classes, stem=stem, zero_init_residual=False,
+                  init_weights=init_weights, shortcuts=False)
+
+
+ARCHITECTURES = {"resnet50": resnet50, "plain50": plain50}
 
 
 def fuse_batchnorm(model: ResNet) -> ResNet:

@@ -37,6 +37,7 @@ RECIPE_NOTES = """\
   averaged weights, because averaged running statistics do not belong to averaged weights.
 """
 AMP_DTYPES = ("bfloat16", "none")
+ARCHS = ("resnet50", "plain50")
 
 # Named recipes: each value with the reason for it. ``--preset NAME`` makes them the defaults; a flag
 # given beside it still wins. Measurements behind them: shared/notes/training-recipes.md and the README.
@@ -123,6 +124,15 @@ class TrainConfig:
         "of the test split: for choosing a recipe without looking at the test split (0 = train on all 50,000)",
     )
 
+    # --- the network ---
+    arch: str = _field(
+        "resnet50", "name",
+        "resnet50, or plain50: the same layers and init with every shortcut removed (He et al.'s plain baseline, "
+        "trained by python -m train.twin for the explorer's Why residuals tab); plain50 records no replay and "
+        "cannot be exported as the explorer's model",
+        choices=ARCHS,
+    )
+
     # --- length ---
     epochs: int = _field(80, "epochs", "passes over the training images (each of --max-train-images images if set)")
     max_train_images: int = _field(0, "images", "training images per epoch, a fresh random subset every epoch (0 = all 50,000); sets fractional epochs for CPU runs")
@@ -164,6 +174,11 @@ class TrainConfig:
         recipe=False,
     )
     eval_batch_size: int = _field(500, "images", "batch for evaluation", recipe=False)
+    loss_every: int = _field(
+        0, "steps",
+        "also record the mean training loss of every this many steps into history.json's 'losses' (0 = per epoch only)",
+        recipe=False,
+    )
 
     # --- training replay (insight.replay): what the explorer's "How it learned" tab shows ---
     replay: bool = _field(
@@ -226,6 +241,12 @@ class TrainConfig:
         need(bool(self.out), "out must name a folder")
         need(not (self.resume and self.overwrite), "resume and overwrite contradict each other; pass one")
         need(0 <= self.holdout <= 25_000, f"holdout must be 0..25,000 training images, got {self.holdout}")
+        need(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        need(self.arch == "resnet50" or not self.export_to,
+             f"export_to makes the explorer's model, a ResNet-50; {self.arch} runs are not exported")
+        need(self.arch == "resnet50" or not self.init_from,
+             f"init_from continues shipped ResNet-50 weights; a {self.arch} run starts from its own init")
+        need(self.loss_every >= 0, f"loss_every must be 0 (off) or a number of steps, got {self.loss_every}")
         need(self.preset in ("", *PRESET_NAMES), f"preset must be one of {', '.join(PRESET_NAMES)}, got {self.preset!r}")
 
     def to_dict(self) -> dict[str, Any]:

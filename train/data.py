@@ -32,6 +32,7 @@ from resnet import preprocess
 from resnet.constants import CLASSES, INPUT_SIZE, JPEG_DATASET_NAME, ORIGINAL_DATASET_NAME
 
 SPLITS = ("train", "test")
+EVAL_SUBSET_SEED = 20240601  # fixed: intermediate evaluations of every run and the lesion studies see the same images
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 BATCHES_DIR = "cifar-10-batches-py"

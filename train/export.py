@@ -6,8 +6,8 @@ Writes, into the target folder: the weights (EMA if the run used it) as
 float16 safetensors, ``model_card.json``, ``history.json``, ``samples/``
 (the first 3 test images of every class as PNG), the training replay
 (``replay.npz``, recorded by the run) and, by evaluating exactly the float16
-weights in float32, ``evaluation.json``, ``test_gallery.npz`` and the channel
-atlas (``channel_atlas.npz``). Everything is made in a hidden folder inside the
+weights in float32, ``evaluation.json``, ``test_gallery.npz``, the channel
+atlas (``channel_atlas.npz``) and the lesion study (``lesions.json``). Everything is made in a hidden folder inside the
 target first and then renamed into place, the card last, so a failure at any
 point leaves the previous export intact.
 
@@ -39,6 +39,7 @@ from resnet.model import resnet50
 from resnet.weights import CARD_FILE, WEIGHTS_FILE, WeightsError, data_contract, load_model, save_weights
 
 from .atlas import write_atlas
+from .lesions import write_lesions
 from .checkpoint import CHECKPOINT_FILE, HISTORY_FILE, all_finite, load_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import SAMPLES_PER_CLASS, Cifar10, DataError, load_cifar10, sample_rows
@@ -237,6 +238,9 @@ def export_run(
         atlas = write_atlas(model, data.test, stage, device=device, batch_size=cfg.eval_batch_size,
                             dataset=dataset, show_progress=show_progress)
         card["atlas_seconds"] = atlas["wall_seconds"]
+        lesions = write_lesions(model, data.test, stage, device=device, batch_size=cfg.eval_batch_size,
+                                dataset=dataset, show_progress=show_progress)
+        card["lesions_seconds"] = lesions["seconds"]
         if command_started is not None:
             card["command_seconds"] = time.perf_counter() - command_started
         atomic_write_json(stage / CARD_FILE, card)

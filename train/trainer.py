@@ -54,7 +54,7 @@ from tqdm import tqdm
 from insight.replay import REPLAY_FILE, ReplayRecorder, probe_snapshot, record_steps
 from resnet.constants import INPUT_SIZE
 from resnet.files import atomic_write_json
-from resnet.model import ResNet, resnet50
+from resnet.model import ARCHITECTURES, ResNet
 
 from .augment import train_batch
 from .checkpoint import (
@@ -67,7 +67,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig
-from .data import Cifar10, load_cifar10, sample_rows
+from .data import EVAL_SUBSET_SEED, Cifar10, load_cifar10, sample_rows
 from .export import export_run, portable_config
 from .hardware import bf16_pays, cpu_model, precision_name, processor_name
 from .inference import predict_logits, resolve_device
@@ -77,7 +77,6 @@ __all__ = ["HISTORY_FILE", "TIMING_KEYS", "TrainResult", "TrainingDiverged", "fi
 
 TIMING_KEYS = ("epoch_seconds", "images_per_second", "eval_seconds", "replay_seconds")  # differ between identical runs
 GPU_SYNC_EVERY = 20  # steps between host syncs on CUDA (loss check, progress, stop requests)
-EVAL_SUBSET_SEED = 20240601  # fixed: intermediate evaluations of every run see the same images
 BN_RECAL_SEED = 7_919  # the images and augmentation of the BatchNorm recalibration, fixed per run seed
 HOLDOUT_SEED = 104_729  # fixed: every run with the same --holdout holds out the same training images
 # Everything the run imports lazily (safetensors only at export): checked before the first step,
@@ -316,6 +315,7 @@ class RunState:
     train_seconds: float = 0.0  # wall clock from the first step to now: compile and evaluations included
     replay_seconds: float = 0.0  # of those, spent recording the replay (snapshots and writing replay.npz)
     history: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[dict[str, Any]] = field(default_factory=list)  # every loss_every steps: step, epoch, loss, lr, res
     finished: bool = False
 
 
@@ -355,7 +355,8 @@ class Run:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
-        self.model: ResNet = resnet50()
+        self.model: ResNet = ARCHITECTURES[cfg.arch]()
+        self.arch_name = {"resnet50": "ResNet-50", "plain50": "plain-50 (no shortcuts)"}[cfg.arch]
         # A warm restart (--init-from) starts from those weights and continues their lineage; a resumed
         # run takes the lineage from its checkpoint instead (load), whatever the folder holds by then.
         self.lineage = Lineage()
@@ -382,6 +383,7 @@ class Run:
         self.perm_gen = torch.Generator().manual_seed(cfg.seed)
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + 1 + ctx.rank)
         self.state = RunState(sums=torch.zeros(3, dtype=torch.float64, device=device), history=list(self.lineage.history))
+        self.window = torch.zeros(2, dtype=torch.float64, device=device)  # loss * images, images since the last loss row
         self._perm_on_device: tuple[Tensor | None, Tensor | None] = (None, None)
 
         self.train_x = torch.from_numpy(data.train.images[train_rows]).to(device)
@@ -398,7 +400,8 @@ class Run:
         # The replay, recorded by rank 0 only: the shipped samples, as the export picks them.
         self.recorder: ReplayRecorder | None = None
         self.record_at: set[int] = set()  # steps of the first epoch to snapshot; epoch ends come on top
-        if cfg.replay and ctx.main:
+        # The replay shows how a residual net's blocks wake up; a plain net has no shortcut to show it against.
+        if cfg.replay and ctx.main and cfg.arch == "resnet50":
             probes = sample_rows(data.test.labels)
             rows = list(probes.values())
             self.probe_x = torch.from_numpy(data.test.images[rows]).to(device)
@@ -439,10 +442,22 @@ class Run:
         s.sums[0] += loss.double() * y.numel()
         s.sums[1] += (logits.argmax(1) == y).sum()
         s.sums[2] += y.numel()
+        if self.cfg.loss_every:
+            self.window[0] += loss.double() * y.numel()
+            self.window[1] += y.numel()
         s.global_step += 1
         s.step_in_epoch += 1
         s.res_steps[res] += 1
         return torch.isfinite(loss)
+
+    def log_loss(self, lr: float, res: int) -> None:
+        """A row of the loss curve: the mean training loss of the steps since the last row."""
+        s = self.state
+        total, n = self.ctx.reduce(self.window.clone()).tolist()
+        self.window.zero_()
+        s.losses.append({"step": self.lineage.steps_before + s.global_step,
+                         "epoch": self.lineage.epochs_before + s.global_step / self.steps_per_epoch,
+                         "loss": total / n, "lr": lr, "resolution": res})
 
     def evaluate(self) -> tuple[float, float, np.ndarray, np.ndarray]:
         """(loss, accuracy, labels, predictions) of the evaluated weights on the test images (rank 0)."""
@@ -506,7 +521,7 @@ class Run:
             "epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "global_step": s.global_step,
             "perm": s.perm, "sums": all_sums, "res_steps": {str(k): v for k, v in s.res_steps.items()},
             "epoch_seconds": s.epoch_seconds, "train_seconds": s.train_seconds, "replay_seconds": s.replay_seconds,
-            "history": s.history, "finished": s.finished,
+            "history": s.history, "finished": s.finished, "losses": s.losses, "window": self.window.cpu(),
             "replay": self.recorder.state_dict() if self.recorder is not None else None,
             "perm_gen": self.perm_gen.get_state(), "aug_gen": aug_states, "rng": rng_state(self.device),
             "world": self.ctx.world, "device": device_name(self.device, self.ctx.world), "stopped": stopped,
@@ -533,6 +548,9 @@ class Run:
         if self.recorder is not None:
             self.recorder = ReplayRecorder.from_state_dict(ckpt["replay"])
         s.history, s.finished = list(ckpt["history"]), ckpt["finished"]
+        s.losses = list(ckpt.get("losses") or [])
+        if ckpt.get("window") is not None:
+            self.window = ckpt["window"].to(self.device)
         self.lineage = Lineage.from_dict(ckpt.get("lineage"))
         self.perm_gen.set_state(ckpt["perm_gen"])
         set_rng_state(ckpt["rng"], self.device)
@@ -553,7 +571,7 @@ class Run:
         if cfg.compile and self.device.type == "cuda":
             compiled = f"compiled ({len(steps)} resolution{'s' if len(steps) > 1 else ''}: one cold compile each)"
         return (
-            f"training ResNet-50 on {self.data.name} ({len(self.data.train)} train / {len(self.data.test)} test images) on "
+            f"training {self.arch_name} on {self.data.name} ({len(self.data.train)} train / {len(self.data.test)} test images) on "
             f"{device_name(self.device, self.ctx.world)} in {self.precision}: {cfg.epochs} epochs x {self.steps_per_epoch} "
             f"steps of {cfg.batch_size} images ({self.per_epoch} per epoch), peak lr {self.lr_peak:.3g}, {compiled}; "
             f"steps per resolution {{{per_res}}}; evaluated on {self.evaluated_on_words()}{self.lineage_words()}"
@@ -665,6 +683,8 @@ def _fit(cfg: TrainConfig, data: Cifar10 | None, ctx: Dist, device: torch.device
                 if run.ema is not None:
                     run.ema.update(s.global_step)
                 finite &= run.count(loss.detach(), logits.detach(), y, res)
+                if cfg.loss_every and s.global_step % cfg.loss_every == 0:
+                    run.log_loss(lr, res)
 
                 asked = bool(cfg.stop_after_steps) and s.global_step >= cfg.stop_after_steps
                 if asked or s.step_in_epoch % run.sync_every == 0 or s.step_in_epoch == run.steps_per_epoch:
@@ -767,7 +787,8 @@ def end_epoch(run: Run, lr: float, res: int, clock: float) -> float:
     })
     s.epoch, s.step_in_epoch, s.perm, s.finished = number, 0, None, last
     if ctx.main:
-        atomic_write_json(Path(cfg.out) / HISTORY_FILE, {"config": portable_config(cfg), "epochs": s.history})
+        atomic_write_json(Path(cfg.out) / HISTORY_FILE, {"config": portable_config(cfg), "epochs": s.history,
+                                                         **({"losses": s.losses} if cfg.loss_every else {})})
         h = s.history[-1]
         test = (f" {run.evaluated_on} loss {test_loss:.4f} acc {test_acc:.4f} ({n_eval} images)"
                 if test_acc is not None else "")

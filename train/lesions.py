@@ -1,0 +1,112 @@
+"""The lesion study of given weights, written as assets/lesions.json (the Why residuals tab reads it).
+
+    python -m train.lesions --weights assets/resnet50_cifar10.safetensors \\
+        --data data/cifar10-jpeg.tar.gz --out assets
+
+Top-1 accuracy in float32 on a fixed 2,000-image subset of the test split (the images every
+training run's per-epoch evaluation sees) with each of the 16 residual branches removed and with
+each pair of adjacent ones removed (``insight.residuals.lesion_study``). The export writes it too;
+the file records the weights' sha256, so the app can tell when it no longer describes its model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from insight.atlas import sha256_of
+from insight.residuals import describe_lesions, lesion_study
+from resnet.files import atomic_write_json
+from resnet.model import ResNet, fuse_batchnorm
+from resnet.weights import WEIGHTS_FILE, WeightsError, load_weights
+
+from .augment import normalize
+from .data import EVAL_SUBSET_SEED, DataError, Split, load_cifar10
+from .hardware import processor_name
+from .inference import add_model_and_data_arguments, exact_float32, resolve_device
+
+LESIONS_FILE = "lesions.json"
+LESION_IMAGES = 2000
+
+
+def subset_rows(n_test: int, size: int = LESION_IMAGES) -> np.ndarray:
+    """The fixed test images of every lesion study: all of them when there are fewer."""
+    if n_test <= size:
+        return np.arange(n_test)
+    return np.sort(np.random.default_rng(EVAL_SUBSET_SEED).choice(n_test, size, replace=False))
+
+
+def _batches(test: Split, rows: np.ndarray, device: torch.device, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        images = torch.from_numpy(test.images[chunk]).to(device)
+        yield normalize(images), torch.from_numpy(test.labels[chunk]).to(device)
+
+
+def study_of(model: ResNet, test: Split, *, device: torch.device, batch_size: int = 250, dataset: str = "",
+             show_progress: bool = True, desc: str = "lesions") -> dict[str, Any]:
+    """The lesion study of ``model`` on the fixed subset of ``test``, as the JSON files hold it.
+
+    Run on a copy with BatchNorm folded into the convolutions: the same function (the tests hold the
+    two studies equal), a third faster."""
+    rows = subset_rows(len(test))
+    served = fuse_batchnorm(model.to(device).eval()).to(memory_format=torch.channels_last)
+    with exact_float32(), torch.inference_mode(), tqdm(total=len(rows), desc=desc, unit="img",
+                                                       disable=not show_progress) as bar:
+        study = lesion_study(served, _batches(test, rows, device, batch_size), progress=lambda n: bar.update(n - bar.n))
+    return {
+        **study.to_dict(),
+        "dataset": dataset,
+        "subset": f"{len(rows):,} test images, drawn once with seed {EVAL_SUBSET_SEED} (the per-epoch evaluations' images)",
+        "precision": "float32",
+        "device": processor_name(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def write_lesions(model: ResNet, test: Split, assets_dir: Path | str, *, device: torch.device, batch_size: int = 250,
+                  dataset: str = "", weights_sha256: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """The study of ``model`` written atomically as ``assets_dir``/lesions.json; ``weights_sha256``
+    defaults to the hash of the weights file there (right when the export has just written them)."""
+    assets_dir = Path(assets_dir)
+    if weights_sha256 is None:
+        weights = assets_dir / WEIGHTS_FILE
+        if not weights.is_file():
+            raise WeightsError(f"No weights at {weights} to tie the lesion study to; write the weights first.")
+        weights_sha256 = sha256_of(weights)
+    study = study_of(model, test, device=device, batch_size=batch_size, dataset=dataset, show_progress=show_progress)
+    study["weights_sha256"] = weights_sha256
+    atomic_write_json(assets_dir / LESIONS_FILE, study)
+    return study
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.lesions", description=__doc__.split("\n\n")[0])
+    add_model_and_data_arguments(parser, out_help=f"folder for {LESIONS_FILE}")
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        weights = load_weights(args.weights)
+        data = load_cifar10(args.data)
+        study = write_lesions(weights.model, data.test, args.out, device=device, batch_size=args.batch_size,
+                              dataset=f"{data.name} test split", weights_sha256=weights.sha256)
+    except (DataError, WeightsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {Path(args.out) / LESIONS_FILE} in {study['seconds']:.0f} s on {study['device']}")
+    print(describe_lesions(study))
+    for name in study["blocks"]:
+        print(f"  without {name:>8}: {study['single'][name] * 100:6.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
