@@ -1,6 +1,6 @@
 """How fast the explorer answers, measured the way a user meets it, with every goal beside its figure.
 
-    python bench/app_latency.py [--quick] [--json OUT] [--skip browser,load,soak,cold]
+    python bench/app_latency.py [--quick] [--json OUT] [--skip browser,load,soak,cold,residuals]
 
 One run measures, on this machine:
 
@@ -29,6 +29,9 @@ One run measures, on this machine:
 5. load: 8 clients at once on /analyze (goal: all answered, median <= 2 s),
    and a soak of 300 mixed requests after a warm-up (goal: the server's RSS
    within 15% of where it was after the warm-up).
+6. the Why residuals tab: a photo the server has never seen until its gradient
+   flow (three networks, one backward each) is answered, and another until its
+   16 lesions are (goal 1.0 s each); the same requests again, from the cache.
 
 Numbers depend on the machine and on what else runs on it: the report starts
 with the core count and the load average.
@@ -81,6 +84,8 @@ GOALS: dict[str, tuple[str, float]] = {
     "browser_upload_visible_s": ("uploaded photo -> top-5 and maps visible (s)", 0.8),
     "concurrent_median_s": ("8 clients at once on /analyze: median (s)", 2.0),
     "soak_rss_growth": ("RSS growth over 300 mixed requests after warm-up (fraction)", 0.15),
+    "residuals_flow_new_s": ("new photo -> its gradient flow, 3 networks (s)", 1.0),
+    "residuals_lesion_new_s": ("new photo -> its 16 lesions (s)", 1.0),
 }
 
 
@@ -395,6 +400,34 @@ def client_timings(url: str, repeats: int, tmp: Path) -> dict[str, Any]:
     return {**{f"client_{k}_s": median(v) for k, v in times.items()}, **sizes}
 
 
+def residual_timings(url: str, repeats: int, tmp: Path) -> dict[str, Any]:
+    """/gradient_flow and /lesion for photos the server has not seen (their analysis included), then again."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    first = time.perf_counter()  # the networks at initialisation are built on the first request
+    client.predict(handle_file(str(SAMPLES[0])), "predicted class", api_name="/gradient_flow")
+    first = time.perf_counter() - first
+    times: dict[str, list[float]] = {k: [] for k in ("flow_new", "lesion_new", "flow_cached", "lesion_cached")}
+    blocks = ["layer1.0", "layer2.0", "layer3.3", "layer4.2"]
+
+    def timed(key: str, *args: Any, api: str) -> None:
+        t = time.perf_counter()
+        client.predict(*args, api_name=api)
+        times[key].append(time.perf_counter() - t)
+
+    for k in range(repeats):
+        paths = []
+        for j in range(2):
+            paths.append(tmp / f"residuals-photo-{k}-{j}.jpg")
+            paths[-1].write_bytes(photo(3000 + 2 * k + j))
+        timed("flow_new", handle_file(str(paths[0])), "predicted class", api="/gradient_flow")
+        timed("lesion_new", handle_file(str(paths[1])), blocks[k % 4], api="/lesion")
+        timed("flow_cached", handle_file(str(paths[0])), "predicted class", api="/gradient_flow")
+        timed("lesion_cached", handle_file(str(paths[1])), blocks[(k + 1) % 4], api="/lesion")
+    return {"residuals_first_flow_s": first, **{f"residuals_{k}_s": median(v) for k, v in times.items()}}
+
+
 # ----- 5. load ---------------------------------------------------------------------------------
 
 
@@ -477,7 +510,8 @@ def verdict(key: str, value: Any) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small counts (a smoke run): not the reported figures")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: compute,cold,browser,client,load,soak")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated parts to skip: compute,cold,browser,client,load,soak,residuals")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -505,7 +539,7 @@ def main() -> None:
         print(f"  cold: import torch+gradio {cold['import_torch_gradio_s']:.2f} s (with the garbage collector off, "
               f"as the app does: {cold['import_torch_gradio_gc_off_s']:.2f} s), app first answer "
               f"{cold['first_answer_s']:.2f} s: the app's own start-up {cold['own_start_up_s']:.2f} s", flush=True)
-    if not skip >= {"browser", "client", "load", "soak"}:
+    if not skip >= {"browser", "client", "load", "soak", "residuals"}:
         # A quick run does not wait for the warm-up: its figures are not the reported ones anyway.
         with running_app(tmp / "app.log", wait_warm=not q) as (url, proc, up, warm):
             results["server"] = {"page_up_s": up, "warm_up_done_s": warm}
@@ -514,6 +548,8 @@ def main() -> None:
                                                tmp=tmp))
             if "client" not in skip:
                 results.update(client_timings(url, 2 if q else 10, tmp))
+            if "residuals" not in skip:
+                results.update(residual_timings(url, 2 if q else 6, tmp))
             if "load" not in skip:
                 results.update(concurrent_clients(url, 8, tmp))
             if "soak" not in skip:
@@ -526,6 +562,7 @@ def main() -> None:
         print(f"{what:<66}{shown:>10}  {goal:>6}  {verdict(key, value)}")
     for key in ("opening_example_s", "client_classify_s", "client_analyze_sample_s", "client_analyze_photo_s",
                 "client_gradcam_target_s", "client_gradcam_view_s", "analyze_json_bytes", "analyze_image_bytes",
+                "residuals_first_flow_s", "residuals_flow_cached_s", "residuals_lesion_cached_s",
                 "concurrent_errors", "soak_failures"):
         if key in results:
             print(f"  {key}: {results[key]}")

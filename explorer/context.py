@@ -130,8 +130,10 @@ def _served_weights_sha256() -> str | None:
     return atlas.sha256_of(shipped) if shipped.is_file() else None
 
 
+# Hashed once, on first use: the atlas and the lesion study say which weights they describe.
+served_sha256 = functools.cache(_served_weights_sha256)
 # The channel atlas (Feature maps tab), read the first time that tab opens.
-ATLAS = atlas.LazyAtlas(ASSETS / atlas.ATLAS_FILE, _served_weights_sha256)
+ATLAS = atlas.LazyAtlas(ASSETS / atlas.ATLAS_FILE, served_sha256)
 
 
 def _samples() -> dict[str, Path]:

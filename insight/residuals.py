@@ -25,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnet.constants import NUM_CLASSES
 from resnet.model import ResNet, plain50, resnet50
 
+LESIONS_FILE = "lesions.json"  # the served weights' lesion study (python -m train.lesions, and the export)
+TWIN_FILE = "plain_vs_residual.json"  # the twins' training and lesion studies (python -m train.twin)
 INIT_SEED = 0  # the networks at initialisation are always the same draw
 FLOW_POINTS_FIRST = "image"  # the first point of a gradient-flow curve: the stem's input
 
@@ -200,6 +203,10 @@ def describe_lesions(study: dict[str, Any], model_name: str = "the served model"
         f"branch costs less than 2 points for {len(small)} of {len(drops)} blocks; the dearest are "
         + ", ".join(f"{n} ({-drops[n]:+.1f})" for n in worst) + "."
     )
+    chance = 1 / NUM_CLASSES
+    if intact < 2 * chance:
+        text += (f" At {intact:.1%} it is close to chance ({chance:.0%} for {NUM_CLASSES} classes), so what its "
+                 "lesions cost says little.")
     if reshaping and others:
         mean_r = float(np.mean([drops[n] for n in reshaping]))
         mean_o = float(np.mean([drops[n] for n in others]))

@@ -238,8 +238,8 @@ def local_probs():
     return probs
 
 
-def nonidentity_resnet50(seed: int = 0, readout_scale: float = 1.0, stem: str = "cifar"):
-    """A random ResNet-50 in eval mode whose blocks are not identities.
+def nonidentity_resnet50(seed: int = 0, readout_scale: float = 1.0, stem: str = "cifar", shortcuts: bool = True):
+    """A random ResNet-50 in eval mode whose blocks are not identities (``shortcuts=False``: plain-50).
 
     Zero-init of the last BN makes every fresh block an identity, which would
     hide most of the network from a test; random BN parameters and statistics
@@ -249,10 +249,10 @@ def nonidentity_resnet50(seed: int = 0, readout_scale: float = 1.0, stem: str = 
     import torch
     from torch import nn
 
-    from resnet import resnet50
+    from resnet import plain50, resnet50
 
     torch.manual_seed(seed)
-    model = resnet50(stem=stem)  # type: ignore[arg-type]
+    model = (resnet50 if shortcuts else plain50)(stem=stem)  # type: ignore[arg-type]
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):

@@ -41,3 +41,4 @@ def test_app_latency_reports_every_figure_beside_its_goal(tmp_path: Path) -> Non
     assert abs(report["analysis_ratio"] - ratio) < 1e-9
     assert report["concurrent_clients"] == 8 and report["concurrent_errors"] == []
     assert report["client_analyze_sample_s"] > 0 and report["analyze_image_bytes"] > 0
+    assert report["residuals_flow_new_s"] > 0 and report["residuals_lesion_cached_s"] > 0

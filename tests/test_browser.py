@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from conftest import start_app, write_assets
+from insight import residuals
 from insight.testset import EVALUATION_FILE, GALLERY_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +122,8 @@ def app_url(tmp_path_factory):
     # or not the real one has been exported yet. Without a shipped evaluation
     # the test-set tabs get a small synthetic one.
     assets = tmp_path_factory.mktemp("assets")
-    for name in ("resnet50_cifar10.safetensors", "model_card.json", EVALUATION_FILE, GALLERY_FILE):
+    for name in ("resnet50_cifar10.safetensors", "model_card.json", EVALUATION_FILE, GALLERY_FILE,
+                 residuals.LESIONS_FILE, residuals.TWIN_FILE):
         if (ROOT / "assets" / name).exists():
             (assets / name).symlink_to(ROOT / "assets" / name)
     if not (assets / EVALUATION_FILE).exists() or not (assets / GALLERY_FILE).exists():
@@ -196,6 +198,15 @@ def test_click_sample_then_every_tab_renders(app_url):
         assert page.locator(".anatomy-plot .js-plotly-plot .bars path").count() >= 16  # one bar per block
 
         page.screenshot(path=str(ARTIFACTS / "browser-blocks.png"), full_page=True)
+        open_tab(page, "Why residuals")
+        plots = ("#twin-plot", "#flow-plot", "#lesion-study-plot", "#lesion-plot")
+        page.wait_for_function(
+            f"() => {list(plots)}.every(s => document.querySelector(s + ' .js-plotly-plot svg.main-svg'))",
+            timeout=60_000,
+        )
+        expect(page.locator("#flow-text")).to_contain_text("steadiest")
+        expect(page.locator("#lesion-text")).to_contain_text("Without the residual branch of layer1.0")
+        page.screenshot(path=str(ARTIFACTS / "browser-residuals.png"), full_page=True)
         open_tab(page, "Training curves")
         page.wait_for_function(
             "() => document.querySelectorAll('#training-plot .js-plotly-plot svg.main-svg').length >= 1",

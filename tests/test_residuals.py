@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import nonidentity_resnet50
 from insight import residuals
 from resnet.model import fuse_batchnorm, plain50, resnet50
 from resnet.weights import save_weights
@@ -27,19 +28,6 @@ def _one_thread(single_torch_thread):
 @pytest.fixture(scope="module")
 def tiny_data(tiny_cifar):
     return load_cifar10(tiny_cifar.archive)
-
-
-def trained_looking(make=resnet50, seed: int = 0):
-    """A network in eval mode whose last BatchNorms are not zero (as after training), with random statistics."""
-    torch.manual_seed(seed)
-    model = make().eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            torch.nn.init.normal_(m.weight, 1.0, 0.3)
-            torch.nn.init.normal_(m.bias, 0.0, 0.1)
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return model
 
 
 # ----- the plain twin ---------------------------------------------------------------------------
@@ -79,7 +67,7 @@ def test_plain50_starts_with_the_same_he_init_but_its_last_batchnorm_scales_at_o
 
 @pytest.mark.parametrize("block", ["layer1.1", "layer3.0", "layer4.2"])
 def test_removing_a_branch_equals_zeroing_the_blocks_last_batchnorm_scale_and_bias(block):
-    model = trained_looking()
+    model = nonidentity_resnet50()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad(), model.branches_removed([block]):
         lesioned = model(x)
@@ -92,7 +80,7 @@ def test_removing_a_branch_equals_zeroing_the_blocks_last_batchnorm_scale_and_bi
 
 
 def test_branches_come_back_after_the_lesion_and_unknown_blocks_are_refused():
-    model = trained_looking()
+    model = nonidentity_resnet50()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
@@ -105,7 +93,7 @@ def test_branches_come_back_after_the_lesion_and_unknown_blocks_are_refused():
 
 
 def test_one_images_lesions_in_one_batched_pass_equal_one_forward_per_removed_block():
-    model = trained_looking()
+    model = nonidentity_resnet50()
     x = torch.randn(1, 3, 32, 32)
     probs = residuals.lesion_probabilities(model, x)
     assert probs.shape == (17, 10)
@@ -117,14 +105,14 @@ def test_one_images_lesions_in_one_batched_pass_equal_one_forward_per_removed_bl
 
 
 def test_the_served_copy_with_batchnorm_folded_has_the_same_lesions():
-    model = trained_looking()
+    model = nonidentity_resnet50()
     x = torch.randn(1, 3, 32, 32)
     np.testing.assert_allclose(residuals.lesion_probabilities(fuse_batchnorm(model), x),
                                residuals.lesion_probabilities(model, x), atol=1e-4)
 
 
 def test_the_lesion_study_equals_removing_each_block_and_each_adjacent_pair_by_hand():
-    model = trained_looking(seed=3)
+    model = nonidentity_resnet50(seed=3)
     images, labels = torch.randn(24, 3, 32, 32), torch.randint(0, 10, (24,))
     study = residuals.lesion_study(model, [(images[:10], labels[:10]), (images[10:], labels[10:])])
 
@@ -141,7 +129,7 @@ def test_the_lesion_study_equals_removing_each_block_and_each_adjacent_pair_by_h
 
 
 def test_a_plain_block_that_changes_the_shape_cannot_be_removed_and_one_that_keeps_it_becomes_the_identity():
-    model = trained_looking(plain50)
+    model = nonidentity_resnet50(shortcuts=False)
     images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     study = residuals.lesion_study(model, [(images, labels)])
     assert study.single["layer2.0"] is None and study.pairs["layer1.2+layer2.0"] is None
@@ -161,13 +149,16 @@ def test_describe_lesions_reads_its_verdict_from_the_numbers():
     assert "less than 2 points for 12 of 16 blocks" in text and "as Veit et al. found" in text
     cheap = {**dear, "single": {b: (0.89 if b in reshaping else 0.6) for b in blocks}}
     assert "unlike Veit et al.'s finding" in residuals.describe_lesions(cheap)
+    assert "close to chance" not in text
+    guessing = {**dear, "intact": 0.12, "single": {b: 0.11 for b in blocks}}
+    assert "At 12.0% it is close to chance (10% for 10 classes)" in residuals.describe_lesions(guessing)
 
 
 # ----- gradient flow ----------------------------------------------------------------------------
 
 
 def test_gradient_flow_is_the_loss_gradients_norm_at_the_image_and_at_every_blocks_input():
-    model = trained_looking()
+    model = nonidentity_resnet50()
     x = torch.randn(1, 3, 32, 32)
     norms = residuals.gradient_flow(model, x, target=4)
     assert norms.shape == (17,) and (norms > 0).all()
@@ -267,7 +258,7 @@ def test_the_twin_command_says_what_is_wrong_in_one_line(tmp_path, capsys):
 
 
 def test_the_lesions_command_writes_the_study_tied_to_the_weights(tiny_cifar, tmp_path, capsys):
-    weights = save_weights(trained_looking(), tmp_path / "w.safetensors", {"source": "test"})
+    weights = save_weights(nonidentity_resnet50(), tmp_path / "w.safetensors", {"source": "test"})
     code = lesions_cmd.main(["--weights", str(weights), "--data", str(tiny_cifar.archive), "--out", str(tmp_path),
                              "--batch-size", "16"])
     assert code == 0, capsys.readouterr().err

@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from insight.atlas import ATLAS_FILE, SIZE_TARGET, atlas_bytes, compute_atlas, sha256_of, stage_summary
 from resnet.files import atomic_write_bytes
-from resnet.weights import WEIGHTS_FILE, WeightsError, load_weights
+from resnet.weights import WEIGHTS_FILE, WeightsError
 
-from .data import DataError, Split, load_cifar10
-from .inference import add_model_and_data_arguments, exact_float32, resolve_device
+from .data import DataError, Split
+from .inference import add_model_and_data_arguments, exact_float32, model_and_data, resolve_device
 
 
 def write_atlas(
@@ -108,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_and_data_arguments(parser, out_help=f"folder for {ATLAS_FILE}")
     args = parser.parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-        weights = load_weights(args.weights)  # ours or anyone's checkpoint; a model card beside them is checked
-        data = load_cifar10(args.data)
+        device, weights, data = model_and_data(args)
         summary = write_atlas(weights.model, data.test, args.out, device=device, batch_size=args.batch_size,
                               dataset=f"{data.name} test split", weights_sha256=weights.sha256)
     except (DataError, WeightsError, ValueError) as exc:

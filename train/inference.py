@@ -11,10 +11,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from resnet.weights import ASSETS_DIR, WEIGHTS_FILE
+from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, Checkpoint, load_weights
 
 from .augment import normalize
 from .config import TrainConfig
+from .data import Cifar10, load_cifar10
 from .hardware import bf16_pays
 
 
@@ -27,6 +28,16 @@ def add_model_and_data_arguments(parser: argparse.ArgumentParser, out_help: str)
     parser.add_argument("--out", default=str(ASSETS_DIR), help=out_help)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=250, help="images per forward pass")
+
+
+def model_and_data(args: argparse.Namespace) -> tuple[torch.device, Checkpoint, Cifar10]:
+    """What ``add_model_and_data_arguments`` named, checked and loaded: the device, the weights (ours or
+    anyone's checkpoint; a model card beside them is checked), then the data set."""
+    device = resolve_device(args.device)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    weights = load_weights(args.weights)
+    return device, weights, load_cifar10(args.data)
 
 
 def resolve_device(name: str) -> torch.device:

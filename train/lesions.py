@@ -21,17 +21,16 @@ import torch
 from tqdm import tqdm
 
 from insight.atlas import sha256_of
-from insight.residuals import describe_lesions, lesion_study
+from insight.residuals import LESIONS_FILE, describe_lesions, lesion_study
 from resnet.files import atomic_write_json
 from resnet.model import ResNet, fuse_batchnorm
-from resnet.weights import WEIGHTS_FILE, WeightsError, load_weights
+from resnet.weights import WEIGHTS_FILE, WeightsError
 
 from .augment import normalize
-from .data import EVAL_SUBSET_SEED, DataError, Split, load_cifar10
+from .data import EVAL_SUBSET_SEED, DataError, Split
 from .hardware import processor_name
-from .inference import add_model_and_data_arguments, exact_float32, resolve_device
+from .inference import add_model_and_data_arguments, exact_float32, model_and_data
 
-LESIONS_FILE = "lesions.json"
 LESION_IMAGES = 2000
 
 
@@ -91,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_and_data_arguments(parser, out_help=f"folder for {LESIONS_FILE}")
     args = parser.parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-        weights = load_weights(args.weights)
-        data = load_cifar10(args.data)
+        device, weights, data = model_and_data(args)
         study = write_lesions(weights.model, data.test, args.out, device=device, batch_size=args.batch_size,
                               dataset=f"{data.name} test split", weights_sha256=weights.sha256)
     except (DataError, WeightsError, ValueError) as exc:

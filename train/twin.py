@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from insight.residuals import TWIN_FILE
 from resnet.files import atomic_write_json
 from resnet.weights import ASSETS_DIR
 
@@ -33,7 +32,6 @@ from .inference import resolve_device
 from .lesions import study_of
 from .trainer import TrainingDiverged, fit
 
-TWIN_FILE = "plain_vs_residual.json"
 TWINS = {"resnet50": "ResNet-50", "plain50": "plain-50"}
 LOSS_EVERY = 10  # steps between two points of the loss curves
 DEFAULT_EPOCHS = 2

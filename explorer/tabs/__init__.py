@@ -3,6 +3,7 @@
 ``TABS`` is the page order; adding a tab is one module and one line here.
 """
 
-from . import blocks, calibration, compare, features, gradcam, model, replay, robustness, sanity, testset, training
+from . import (blocks, calibration, compare, features, gradcam, model, replay, residuals, robustness, sanity, testset,
+               training)
 
-TABS = (gradcam, features, blocks, robustness, sanity, testset, calibration, training, replay, model, compare)
+TABS = (gradcam, features, blocks, residuals, robustness, sanity, testset, calibration, training, replay, model, compare)
