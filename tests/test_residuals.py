@@ -113,14 +113,14 @@ def test_the_served_copy_with_batchnorm_folded_has_the_same_lesions():
 
 def test_the_lesion_study_equals_removing_each_block_and_each_adjacent_pair_by_hand():
     model = nonidentity_resnet50(seed=3)
-    images, labels = torch.randn(24, 3, 32, 32), torch.randint(0, 10, (24,))
-    study = residuals.lesion_study(model, [(images[:10], labels[:10]), (images[10:], labels[10:])])
+    images, labels = torch.randn(9, 3, 32, 32), torch.randint(0, 10, (9,))
+    study = residuals.lesion_study(model, [(images[:4], labels[:4]), (images[4:], labels[4:])])
 
     def accuracy(lesion):
         with torch.no_grad(), model.branches_removed(lesion):
             return float((model(images).argmax(1) == labels).double().mean())
 
-    assert study.images == 24 and study.intact == accuracy([])
+    assert study.images == 9 and study.intact == accuracy([])
     assert len(study.single) == 16 and len(study.pairs) == 15
     for name in ("layer1.0", "layer2.3", "layer4.2"):
         assert study.single[name] == accuracy([name])
@@ -243,11 +243,14 @@ def test_the_twins_train_alike_and_their_losses_histories_and_lesions_ship_in_on
     assert {k: v for k, v in ckpt_a["config"].items() if k not in ("arch", "out")} == \
            {k: v for k, v in ckpt_b["config"].items() if k not in ("arch", "out")}
 
-    # A second call finds both finished and trains nothing again.
+    # A second call finds both finished and studied: it trains and studies nothing again.
+    kept = tmp_path / "runs" / "plain50" / residuals.LESIONS_FILE
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), "intact": 0.123}))
     again = twin.run_twins(tmp_path / "runs", tmp_path / "assets", epochs=2, images_per_epoch=40,
                            data_path=str(tiny_cifar.archive), show_progress=False, resume=True, **overrides)
     assert again["twins"]["plain50"]["losses"] == b["losses"]
     assert again["twins"]["plain50"]["training_seconds"] == b["training_seconds"]
+    assert again["twins"]["plain50"]["lesions"]["intact"] == 0.123, "the kept study, not a new one"
 
 
 def test_the_twin_command_says_what_is_wrong_in_one_line(tmp_path, capsys):

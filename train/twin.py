@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from insight.residuals import TWIN_FILE
+from insight.atlas import sha256_of
+from insight.residuals import LESIONS_FILE, TWIN_FILE
 from resnet.files import atomic_write_json
 from resnet.weights import ASSETS_DIR
 
@@ -85,11 +86,9 @@ def run_twins(out: Path | str, to: Path | str, *, epochs: int = DEFAULT_EPOCHS,
         if not result.finished:
             raise ConfigError(f"the {TWINS[arch]} twin stopped ({result.stopped_by}); run again with --resume")
         record = twin_record(arch, Path(cfg.out))
-        started = time.perf_counter()
-        record["lesions"] = study_of(result.model, data.test, device=resolve_device(device),
-                                     batch_size=cfg.eval_batch_size, dataset=dataset, show_progress=show_progress,
-                                     desc=f"lesions of {TWINS[arch]}")
-        print(f"{TWINS[arch]}: lesion study in {time.perf_counter() - started:.0f} s", flush=True)
+        record["lesions"] = _lesions_of(result.model, Path(cfg.out), data.test, device=resolve_device(device),
+                                        batch_size=cfg.eval_batch_size, dataset=dataset, show_progress=show_progress,
+                                        name=TWINS[arch])
         twins[arch] = record
     cfg = configs["resnet50"]
     steps = {str(r): n for r, n in sorted(_steps_per_resolution(twins["resnet50"]).items())}
@@ -112,6 +111,23 @@ def run_twins(out: Path | str, to: Path | str, *, epochs: int = DEFAULT_EPOCHS,
     to.mkdir(parents=True, exist_ok=True)
     atomic_write_json(to / TWIN_FILE, asset)
     return asset
+
+
+def _lesions_of(model: Any, run_dir: Path, test: Any, *, name: str, **kwargs: Any) -> dict[str, Any]:
+    """The twin's lesion study, kept beside its checkpoint (and named by its sha256): a command run again
+    after a stop does not study a finished twin twice (~5-10 min each on a 2-core CPU)."""
+    kept = run_dir / LESIONS_FILE
+    checkpoint = sha256_of(run_dir / CHECKPOINT_FILE)
+    if kept.is_file():
+        study = json.loads(kept.read_text())
+        if study.get("checkpoint_sha256") == checkpoint:
+            print(f"{name}: lesion study read from {kept}", flush=True)
+            return study
+    started = time.perf_counter()
+    study = {**study_of(model, test, desc=f"lesions of {name}", **kwargs), "checkpoint_sha256": checkpoint}
+    atomic_write_json(kept, study)
+    print(f"{name}: lesion study in {time.perf_counter() - started:.0f} s", flush=True)
+    return study
 
 
 def _steps_per_resolution(record: dict[str, Any]) -> dict[int, int]:
