@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,8 @@ from conftest import nonidentity_resnet50
 from insight import residuals
 from resnet.model import fuse_batchnorm, plain50, resnet50
 from resnet.weights import save_weights
-from train import ConfigError, TrainConfig, fit, load_cifar10
+from train import ConfigError, TrainConfig, fit, load_cifar10, twin
 from train import lesions as lesions_cmd
-from train import twin
 from train.checkpoint import CHECKPOINT_FILE, HISTORY_FILE, load_checkpoint
 
 

@@ -13,7 +13,6 @@ serves. ``write_atlas`` is what the export calls after evaluation.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,8 @@ from insight.atlas import ATLAS_FILE, SIZE_TARGET, atlas_bytes, compute_atlas, s
 from resnet.files import atomic_write_bytes
 from resnet.weights import WEIGHTS_FILE, WeightsError
 
-from .data import DataError, Split
-from .inference import add_model_and_data_arguments, exact_float32, model_and_data, resolve_device
+from .data import Split
+from .inference import exact_float32, resolve_device, weights_command
 
 
 def write_atlas(
@@ -104,18 +103,8 @@ def describe(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.atlas", description=__doc__.split("\n\n")[0])
-    add_model_and_data_arguments(parser, out_help=f"folder for {ATLAS_FILE}")
-    args = parser.parse_args(argv)
-    try:
-        device, weights, data = model_and_data(args)
-        summary = write_atlas(weights.model, data.test, args.out, device=device, batch_size=args.batch_size,
-                              dataset=f"{data.name} test split", weights_sha256=weights.sha256)
-    except (DataError, WeightsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(describe(summary))
-    return 0
+    return weights_command(argv, "python -m train.atlas", __doc__, f"folder for {ATLAS_FILE}", write_atlas,
+                           lambda summary, _out: describe(summary))
 
 
 if __name__ == "__main__":

@@ -39,12 +39,12 @@ from resnet.model import resnet50
 from resnet.weights import CARD_FILE, WEIGHTS_FILE, WeightsError, data_contract, load_model, save_weights
 
 from .atlas import write_atlas
-from .lesions import write_lesions
 from .checkpoint import CHECKPOINT_FILE, HISTORY_FILE, all_finite, load_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import SAMPLES_PER_CLASS, Cifar10, DataError, load_cifar10, sample_rows
 from .evaluate import evaluate_model, write_evaluation
 from .inference import resolve_device
+from .lesions import write_lesions
 from .lineage import Lineage
 
 SAMPLES_DIR = "samples"

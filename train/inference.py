@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, Checkpoint, load_weights
+from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, Checkpoint, WeightsError, load_weights
 
 from .augment import normalize
 from .config import TrainConfig
-from .data import Cifar10, load_cifar10
+from .data import Cifar10, DataError, load_cifar10
 from .hardware import bf16_pays
 
 
@@ -38,6 +39,24 @@ def model_and_data(args: argparse.Namespace) -> tuple[torch.device, Checkpoint, 
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     weights = load_weights(args.weights)
     return device, weights, load_cifar10(args.data)
+
+
+def weights_command(argv: list[str] | None, prog: str, doc: str, out_help: str,
+                    write: Callable[..., dict[str, Any]], report: Callable[[dict[str, Any], str], str]) -> int:
+    """A command that writes what ``write(model, test, out, ...)`` computes for given weights on the test split:
+    the arguments, their loading, one line for what is wrong (exit 2), ``report(result, out)`` when done."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    add_model_and_data_arguments(parser, out_help=out_help)
+    args = parser.parse_args(argv)
+    try:
+        device, weights, data = model_and_data(args)
+        result = write(weights.model, data.test, args.out, device=device, batch_size=args.batch_size,
+                       dataset=f"{data.name} test split", weights_sha256=weights.sha256)
+    except (DataError, WeightsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report(result, args.out))
+    return 0
 
 
 def resolve_device(name: str) -> torch.device:

@@ -11,7 +11,6 @@ the file records the weights' sha256, so the app can tell when it no longer desc
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,9 +26,9 @@ from resnet.model import ResNet, fuse_batchnorm
 from resnet.weights import WEIGHTS_FILE, WeightsError
 
 from .augment import normalize
-from .data import EVAL_SUBSET_SEED, DataError, Split
+from .data import EVAL_SUBSET_SEED, Split
 from .hardware import processor_name
-from .inference import add_model_and_data_arguments, exact_float32, model_and_data
+from .inference import exact_float32, weights_command
 
 LESION_IMAGES = 2000
 
@@ -85,22 +84,16 @@ def write_lesions(model: ResNet, test: Split, assets_dir: Path | str, *, device:
     return study
 
 
+def describe(study: dict[str, Any], out: str) -> str:
+    """What the command prints: where, how long, the verdict and every block's top-1."""
+    lines = [f"wrote {Path(out) / LESIONS_FILE} in {study['seconds']:.0f} s on {study['device']}", describe_lesions(study)]
+    lines += [f"  without {name:>8}: {study['single'][name] * 100:6.2f}%" for name in study["blocks"]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.lesions", description=__doc__.split("\n\n")[0])
-    add_model_and_data_arguments(parser, out_help=f"folder for {LESIONS_FILE}")
-    args = parser.parse_args(argv)
-    try:
-        device, weights, data = model_and_data(args)
-        study = write_lesions(weights.model, data.test, args.out, device=device, batch_size=args.batch_size,
-                              dataset=f"{data.name} test split", weights_sha256=weights.sha256)
-    except (DataError, WeightsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {Path(args.out) / LESIONS_FILE} in {study['seconds']:.0f} s on {study['device']}")
-    print(describe_lesions(study))
-    for name in study["blocks"]:
-        print(f"  without {name:>8}: {study['single'][name] * 100:6.2f}%")
-    return 0
+    return weights_command(argv, "python -m train.lesions", __doc__, f"folder for {LESIONS_FILE}", write_lesions,
+                           describe)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,18 @@ from insight import residuals
 from resnet import CLASSES
 from resnet.files import AssetError, read_json
 
-from ..context import (ASSETS, BLOCK_NAMES, CACHE, NO_IMAGE, PREDICTED, SERVING, TARGET_CHOICES, served_sha256,
-                       target_index, user_errors)
+from ..context import (
+    ASSETS,
+    BLOCK_NAMES,
+    CACHE,
+    NO_IMAGE,
+    PREDICTED,
+    SERVING,
+    TARGET_CHOICES,
+    served_sha256,
+    target_index,
+    user_errors,
+)
 from ..plots import STAGE_COLOURS, page_layout
 from ..ui import Ctx
 
