@@ -4,7 +4,8 @@ What belongs here: reading CIFAR-10 (``data``), batched augmentation on the
 device (``augment``), the recipe as a frozen dataclass and its CLI
 (``config``), the loop (``trainer``: setup, loop, end of epoch, end of run),
 checkpoints (``checkpoint``), float32 evaluation (``evaluate``), the export of
-everything the app serves (``export``), and the GPU job script
+everything the app serves (``export``), the lesion study (``lesions``), the
+plain twin's training beside ResNet-50's (``twin``), and the GPU job script
 (``gpu_run.sh``, with ``gpu_unpack.sh`` to install its results).
 
 What it may import: ``resnet`` and, where it records or evaluates, pure code of
@@ -15,7 +16,8 @@ train.evaluate`` must run on a bare GPU box (tests/test_train_imports.py).
 ``push_space`` alone imports huggingface_hub, lazily.
 
 ``python -m train --help`` lists the recipe; ``python -m train.evaluate``,
-``python -m train.atlas`` and ``python -m train.export`` are the other entry
+``python -m train.atlas``, ``python -m train.lesions``, ``python -m train.twin``
+and ``python -m train.export`` are the other entry
 points (nothing is imported with the package, so ``-m`` runs them cleanly).
 """
 
