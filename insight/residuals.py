@@ -54,6 +54,15 @@ def initial_networks(seed: int = INIT_SEED) -> dict[str, ResNet]:
     return nets
 
 
+def _through_blocks(model: ResNet, h: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The stem's output ``h`` through the 16 blocks: every block's input, and the last block's output."""
+    inputs = []
+    for block in model.blocks().values():
+        inputs.append(h)
+        h = block(h)
+    return inputs, h
+
+
 def gradient_flow(model: ResNet, x: Tensor, target: int) -> np.ndarray:
     """||dL/dh|| at the image and at the input of each of the 16 blocks (17 float64 values), L being
     the cross-entropy of class ``target`` for the one image ``x`` (1, 3, 32, 32). One forward and one
@@ -62,11 +71,7 @@ def gradient_flow(model: ResNet, x: Tensor, target: int) -> np.ndarray:
         raise ValueError(f"gradient_flow takes one image, got a batch of {x.shape[0]}")
     with torch.enable_grad():
         image = x.detach().clone().requires_grad_(True)
-        h = model.forward_stem(image)
-        inputs = []
-        for block in model.blocks().values():
-            inputs.append(h)
-            h = block(h)
+        inputs, h = _through_blocks(model, model.forward_stem(image))
         loss = F.cross_entropy(model.forward_head(h), torch.tensor([target], device=x.device))
         grads = torch.autograd.grad(loss, [image, *inputs])
     return np.array([float(g.double().norm()) for g in grads])
@@ -153,11 +158,7 @@ def lesion_study(model: ResNet, batches: Iterable[tuple[Tensor, Tensor]],
     correct = {lesion: 0 for lesion in possible}
     intact = total = 0
     for images, labels in batches:
-        h = model.forward_stem(images)
-        inputs = []
-        for block in blocks:
-            inputs.append(h)
-            h = block(h)
+        inputs, h = _through_blocks(model, model.forward_stem(images))
         intact += int((model.forward_head(h).argmax(1) == labels).sum())
         for lesion in possible:
             start = names.index(lesion[0])

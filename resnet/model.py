@@ -345,6 +345,7 @@ def plain50(num_classes: int = NUM_CLASSES, stem: Stem = "cifar", init_weights: 
 
 
 ARCHITECTURES = {"resnet50": resnet50, "plain50": plain50}
+ARCHITECTURE_NAMES = {"resnet50": "ResNet-50", "plain50": "plain-50"}
 
 
 def fuse_batchnorm(model: ResNet) -> ResNet:

@@ -22,12 +22,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from insight.atlas import ATLAS_FILE, SIZE_TARGET, atlas_bytes, compute_atlas, sha256_of, stage_summary
+from insight.atlas import ATLAS_FILE, SIZE_TARGET, atlas_bytes, compute_atlas, stage_summary
 from resnet.files import atomic_write_bytes
-from resnet.weights import WEIGHTS_FILE, WeightsError
 
 from .data import Split
-from .inference import exact_float32, resolve_device, weights_command
+from .inference import exact_float32, resolve_device, weights_command, weights_sha256_in
 
 
 def write_atlas(
@@ -51,10 +50,7 @@ def write_atlas(
     assets_dir = Path(assets_dir)
     device = resolve_device(device) if isinstance(device, str) else device
     if weights_sha256 is None:
-        weights = assets_dir / WEIGHTS_FILE
-        if not weights.is_file():
-            raise WeightsError(f"No weights at {weights} to tie the atlas to; pass weights_sha256 or write the weights first.")
-        weights_sha256 = sha256_of(weights)
+        weights_sha256 = weights_sha256_in(assets_dir, "atlas")
     wall, cpu = time.perf_counter(), time.process_time()
     # float32 on CUDA too (no TF32), so a GPU and a CPU run rank the same images.
     with exact_float32(), tqdm(total=len(test), desc="atlas", unit="img", disable=not show_progress) as bar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from insight.atlas import sha256_of
 from resnet.weights import ASSETS_DIR, WEIGHTS_FILE, Checkpoint, WeightsError, load_weights
 
 from .augment import normalize
@@ -57,6 +59,15 @@ def weights_command(argv: list[str] | None, prog: str, doc: str, out_help: str,
         return 2
     print(report(result, args.out))
     return 0
+
+
+def weights_sha256_in(folder: Path, what: str) -> str:
+    """sha256 of the weights file in ``folder``, which a file written beside them (``what``) names: right
+    when the export has just written the weights there."""
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise WeightsError(f"No weights at {weights} to tie the {what} to; pass weights_sha256 or write the weights first.")
+    return sha256_of(weights)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,16 +19,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from insight.atlas import sha256_of
 from insight.residuals import LESIONS_FILE, describe_lesions, lesion_study
 from resnet.files import atomic_write_json
 from resnet.model import ResNet, fuse_batchnorm
-from resnet.weights import WEIGHTS_FILE, WeightsError
 
 from .augment import normalize
 from .data import EVAL_SUBSET_SEED, Split
 from .hardware import processor_name
-from .inference import exact_float32, weights_command
+from .inference import exact_float32, weights_command, weights_sha256_in
 
 LESION_IMAGES = 2000
 
@@ -74,10 +72,7 @@ def write_lesions(model: ResNet, test: Split, assets_dir: Path | str, *, device:
     defaults to the hash of the weights file there (right when the export has just written them)."""
     assets_dir = Path(assets_dir)
     if weights_sha256 is None:
-        weights = assets_dir / WEIGHTS_FILE
-        if not weights.is_file():
-            raise WeightsError(f"No weights at {weights} to tie the lesion study to; write the weights first.")
-        weights_sha256 = sha256_of(weights)
+        weights_sha256 = weights_sha256_in(assets_dir, "lesion study")
     study = study_of(model, test, device=device, batch_size=batch_size, dataset=dataset, show_progress=show_progress)
     study["weights_sha256"] = weights_sha256
     atomic_write_json(assets_dir / LESIONS_FILE, study)

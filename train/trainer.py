@@ -54,7 +54,7 @@ from tqdm import tqdm
 from insight.replay import REPLAY_FILE, ReplayRecorder, probe_snapshot, record_steps
 from resnet.constants import INPUT_SIZE
 from resnet.files import atomic_write_json
-from resnet.model import ARCHITECTURES, ResNet
+from resnet.model import ARCHITECTURE_NAMES, ARCHITECTURES, ResNet
 
 from .augment import train_batch
 from .checkpoint import (
@@ -356,7 +356,6 @@ class Run:
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         self.model: ResNet = ARCHITECTURES[cfg.arch]()
-        self.arch_name = {"resnet50": "ResNet-50", "plain50": "plain-50 (no shortcuts)"}[cfg.arch]
         # A warm restart (--init-from) starts from those weights and continues their lineage; a resumed
         # run takes the lineage from its checkpoint instead (load), whatever the folder holds by then.
         self.lineage = Lineage()
@@ -571,7 +570,7 @@ class Run:
         if cfg.compile and self.device.type == "cuda":
             compiled = f"compiled ({len(steps)} resolution{'s' if len(steps) > 1 else ''}: one cold compile each)"
         return (
-            f"training {self.arch_name} on {self.data.name} ({len(self.data.train)} train / {len(self.data.test)} test images) on "
+            f"training {ARCHITECTURE_NAMES[cfg.arch]} on {self.data.name} ({len(self.data.train)} train / {len(self.data.test)} test images) on "
             f"{device_name(self.device, self.ctx.world)} in {self.precision}: {cfg.epochs} epochs x {self.steps_per_epoch} "
             f"steps of {cfg.batch_size} images ({self.per_epoch} per epoch), peak lr {self.lr_peak:.3g}, {compiled}; "
             f"steps per resolution {{{per_res}}}; evaluated on {self.evaluated_on_words()}{self.lineage_words()}"

@@ -24,6 +24,7 @@ from typing import Any
 from insight.atlas import sha256_of
 from insight.residuals import LESIONS_FILE, TWIN_FILE
 from resnet.files import atomic_write_json
+from resnet.model import ARCHITECTURE_NAMES
 from resnet.weights import ASSETS_DIR
 
 from .checkpoint import CHECKPOINT_FILE, HISTORY_FILE, load_checkpoint
@@ -33,7 +34,7 @@ from .inference import resolve_device
 from .lesions import study_of
 from .trainer import TrainingDiverged, fit
 
-TWINS = {"resnet50": "ResNet-50", "plain50": "plain-50"}
+TWINS = ARCHITECTURE_NAMES  # the twins, trained in this order
 LOSS_EVERY = 10  # steps between two points of the loss curves
 DEFAULT_EPOCHS = 2
 # The shipped budget: 12.5 (ResNet-50) and 10.4 (plain-50) min of training in float32 on a 2-core AMD EPYC,

@@ -177,12 +177,12 @@ def plain_vs_residual() -> tuple:
     if study is None:
         return twin_md, twin_plot, why, None, [], None
     try:
+        twin = None if asset is None else asset["twins"]["plain50"]
         text = residuals.describe_lesions(study)
-        if asset is not None:
-            text += " " + residuals.describe_lesions(asset["twins"]["plain50"]["lesions"], "the trained plain-50 twin")
-        numbers = {"served": study, "plain_twin": None if asset is None else asset["twins"]["plain50"]["lesions"]}
-        return twin_md, twin_plot, text, lesion_study_figure(study, asset and asset["twins"]["plain50"]), \
-            pair_table(study, asset and asset["twins"]["plain50"]), numbers
+        if twin is not None:
+            text += " " + residuals.describe_lesions(twin["lesions"], "the trained plain-50 twin")
+        numbers = {"served": study, "plain_twin": None if twin is None else twin["lesions"]}
+        return twin_md, twin_plot, text, lesion_study_figure(study, twin), pair_table(study, twin), numbers
     except (KeyError, TypeError, ValueError) as exc:
         return twin_md, twin_plot, f"**The lesion study's file is incomplete** ({exc!r}).", None, [], None
 
