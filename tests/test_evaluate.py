@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from insight.calibration import expected_calibration_error, fit_temperature, reliability, softmax
+from insight.residuals import LESIONS_FILE
 from resnet.constants import CLASSES, JPEG_DATASET_NAME
 from resnet.model import resnet50
 from resnet.weights import data_contract, load_pretrained, load_state_dict, save_weights
@@ -187,7 +188,7 @@ def exported(tiny_cifar, tiny_data, tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
     cfg = TrainConfig(data=str(tiny_cifar.archive), out=str(base / "run"), export_to=str(base / "assets"),
                       epochs=1, batch_size=10, min_res=8, res_ramp_start=0.5, res_ramp_end=1.0, eval_batch_size=30,
-                      replay=True)
+                      replay=True, lesion_images=4)
     result = fit(cfg, data=tiny_data, show_progress=False)
     return base / "assets", result
 
@@ -209,6 +210,9 @@ def test_export_writes_everything_the_app_serves(exported, tiny_data):
     first_cat = np.flatnonzero(tiny_data.test.labels == CLASSES.index("cat"))[0]
     assert np.array_equal(np.asarray(Image.open(assets / "samples" / "cat_0.png")), tiny_data.test.images[first_cat])
     assert (assets / "test_gallery.npz").is_file()
+    lesions = json.loads((assets / LESIONS_FILE).read_text())
+    assert lesions["images"] == 4 and lesions["subset"].startswith("4 test images"), "--lesion-images sizes the study"
+    assert lesions["weights_sha256"] == hashlib.sha256((assets / "resnet50_cifar10.safetensors").read_bytes()).hexdigest()
 
 
 def test_exported_weights_are_the_ema_in_float16_and_load_in_the_app(exported):

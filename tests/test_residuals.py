@@ -199,7 +199,8 @@ def test_describe_flow_names_the_steadiest_network_and_says_whether_the_wildest_
 
 def tiny_twin_overrides(tiny_cifar):
     # 40 images a step of 10 at 8-24 px: the shape of the real budget at a fraction of its cost.
-    return dict(data=str(tiny_cifar.archive), batch_size=10, min_res=8, eval_images=0, eval_batch_size=30)
+    return dict(data=str(tiny_cifar.archive), batch_size=10, min_res=8, eval_images=0, eval_batch_size=30,
+                lesion_images=4)
 
 
 def test_a_plain50_run_trains_and_logs_its_loss_every_few_steps(tiny_cifar, tiny_data, tmp_path):
@@ -233,6 +234,7 @@ def test_the_twins_train_alike_and_their_losses_histories_and_lesions_ship_in_on
     assert [r["lr"] for r in a["losses"]] == [r["lr"] for r in b["losses"]], "the same schedule for both"
     assert [e["epoch"] for e in a["epochs"]] == [1, 2] and all(e["test_acc"] is not None for e in b["epochs"])
     assert len(a["lesions"]["single"]) == 16 and b["lesions"]["single"]["layer3.0"] is None
+    assert a["lesions"]["images"] == b["lesions"]["images"] == 4, "both studied on --lesion-images images"
     assert written["budget"]["epochs"] == 2 and written["budget"]["images_per_epoch"] == 40
     assert sum(written["budget"]["steps_per_resolution"].values()) == 8
     ckpt_a = load_checkpoint(tmp_path / "runs" / "resnet50" / CHECKPOINT_FILE)

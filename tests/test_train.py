@@ -228,7 +228,8 @@ def test_cli_flags_become_the_config():
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"warmup": 1.0}, {"min_res": 2}, {"schedule": "step"},
-                                 {"res_ramp_start": 0.9, "res_ramp_end": 0.5}, {"resume": True, "overwrite": True}])
+                                 {"res_ramp_start": 0.9, "res_ramp_end": 0.5}, {"resume": True, "overwrite": True},
+                                 {"lesion_images": 0}])
 def test_out_of_range_settings_are_refused(bad):
     with pytest.raises(ConfigError):
         TrainConfig(**bad)

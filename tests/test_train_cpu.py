@@ -50,7 +50,8 @@ def tiny_data(tiny_cifar):
 
 def tiny_config(tiny_cifar, out: Path, **overrides) -> TrainConfig:
     values = dict(data=str(tiny_cifar.archive), out=str(out), epochs=1, batch_size=10, min_res=8, res_ramp_start=0.5,
-                  res_ramp_end=1.0, eval_batch_size=30, replay=False, device="cpu")
+                  res_ramp_end=1.0, eval_batch_size=30, replay=False, device="cpu",
+                  lesion_images=4)
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -36,7 +36,7 @@ def job(tiny_cifar, tmp_path_factory):
         "OUT": str(base / "out"), "RUNS": str(base / "runs"), "DATA": str(tiny_cifar.archive), "DEVICE": "cpu",
         "EPOCHS": "1",
         "TRAIN_ARGS": "--batch-size 10 --min-res 8 --res-ramp-start 0.5 --res-ramp-end 1.0 --eval-batch-size 30 "
-                      "--bn-recalibration 20",
+                      "--bn-recalibration 20 --lesion-images 4",
         "BENCH_ARGS": "--batch-size 2 --steps 1 --warmup 1 --blocks 1 --res 8",
     }
     proc = subprocess.run(["bash", "train/gpu_run.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)

@@ -138,7 +138,7 @@ def test_a_real_run_train_export_evaluate_loads_only_what_a_gpu_box_has(tiny_cif
     trained = loaded_by(
         "train", "--data", str(tiny_cifar.archive), "--out", str(tmp_path / "run"), "--export-to", str(assets),
         "--device", "cpu", "--epochs", "1", "--batch-size", "10", "--min-res", "8", "--res-ramp-start", "0.5",
-        "--res-ramp-end", "1.0", "--eval-batch-size", "30", "--bn-recalibration", "20",
+        "--res-ramp-end", "1.0", "--eval-batch-size", "30", "--bn-recalibration", "20", "--lesion-images", "4",
     )
     assert (assets / "model_card.json").is_file(), "the run must get as far as the export"
     evaluated = loaded_by("train.evaluate", "--weights", str(assets / "resnet50_cifar10.safetensors"),

@@ -174,6 +174,12 @@ class TrainConfig:
         recipe=False,
     )
     eval_batch_size: int = _field(500, "images", "batch for evaluation", recipe=False)
+    lesion_images: int = _field(
+        2000, "images",
+        "test images of the lesion study the export writes (lesions.json, the Why residuals tab), a fixed random "
+        "subset (all when fewer): each image passes the net ~16 times, ~9 min for 2,000 on 2 cores in float32",
+        recipe=False,
+    )
     loss_every: int = _field(
         0, "steps",
         "also record the mean training loss of every this many steps into history.json's 'losses' (0 = per epoch only)",
@@ -233,6 +239,7 @@ class TrainConfig:
         need(1 <= self.res_step <= 16, f"res_step must be 1..16 px, got {self.res_step}")
         need(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
         need(self.eval_images >= 0, f"eval_images must be >= 0, got {self.eval_images}")
+        need(self.lesion_images >= 1, f"lesion_images must be >= 1, got {self.lesion_images}")
         need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be 0 (end and interruptions only) or more, got {self.checkpoint_every}")
         need(self.stop_after_steps >= 0, f"stop_after_steps must be >= 0, got {self.stop_after_steps}")

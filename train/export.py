@@ -239,7 +239,7 @@ def export_run(
                             dataset=dataset, show_progress=show_progress)
         card["atlas_seconds"] = atlas["wall_seconds"]
         lesions = write_lesions(model, data.test, stage, device=device, batch_size=cfg.eval_batch_size,
-                                dataset=dataset, show_progress=show_progress)
+                                dataset=dataset, show_progress=show_progress, images=cfg.lesion_images)
         card["lesions_seconds"] = lesions["seconds"]
         if command_started is not None:
             card["command_seconds"] = time.perf_counter() - command_started

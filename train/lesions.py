@@ -46,12 +46,12 @@ def _batches(test: Split, rows: np.ndarray, device: torch.device, batch_size: in
 
 
 def study_of(model: ResNet, test: Split, *, device: torch.device, batch_size: int = 250, dataset: str = "",
-             show_progress: bool = True, desc: str = "lesions") -> dict[str, Any]:
+             show_progress: bool = True, desc: str = "lesions", images: int = LESION_IMAGES) -> dict[str, Any]:
     """The lesion study of ``model`` on the fixed subset of ``test``, as the JSON files hold it.
 
     Run on a copy with BatchNorm folded into the convolutions: the same function (the tests hold the
     two studies equal), a third faster."""
-    rows = subset_rows(len(test))
+    rows = subset_rows(len(test), images)
     served = fuse_batchnorm(model.to(device).eval()).to(memory_format=torch.channels_last)
     with exact_float32(), torch.inference_mode(), tqdm(total=len(rows), desc=desc, unit="img",
                                                        disable=not show_progress) as bar:
@@ -59,7 +59,8 @@ def study_of(model: ResNet, test: Split, *, device: torch.device, batch_size: in
     return {
         **study.to_dict(),
         "dataset": dataset,
-        "subset": f"{len(rows):,} test images, drawn once with seed {EVAL_SUBSET_SEED} (the per-epoch evaluations' images)",
+        "subset": f"{len(rows):,} test images, drawn once with seed {EVAL_SUBSET_SEED}"
+                  + (" (the per-epoch evaluations' images)" if images == LESION_IMAGES else ""),
         "precision": "float32",
         "device": processor_name(device),
         "torch_threads": torch.get_num_threads(),
@@ -67,13 +68,15 @@ def study_of(model: ResNet, test: Split, *, device: torch.device, batch_size: in
 
 
 def write_lesions(model: ResNet, test: Split, assets_dir: Path | str, *, device: torch.device, batch_size: int = 250,
-                  dataset: str = "", weights_sha256: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+                  dataset: str = "", weights_sha256: str | None = None, show_progress: bool = True,
+                  images: int = LESION_IMAGES) -> dict[str, Any]:
     """The study of ``model`` written atomically as ``assets_dir``/lesions.json; ``weights_sha256``
     defaults to the hash of the weights file there (right when the export has just written them)."""
     assets_dir = Path(assets_dir)
     if weights_sha256 is None:
         weights_sha256 = weights_sha256_in(assets_dir, "lesion study")
-    study = study_of(model, test, device=device, batch_size=batch_size, dataset=dataset, show_progress=show_progress)
+    study = study_of(model, test, device=device, batch_size=batch_size, dataset=dataset, show_progress=show_progress,
+                     images=images)
     study["weights_sha256"] = weights_sha256
     atomic_write_json(assets_dir / LESIONS_FILE, study)
     return study

@@ -91,7 +91,7 @@ def run_twins(out: Path | str, to: Path | str, *, epochs: int = DEFAULT_EPOCHS,
         record = twin_record(arch, Path(cfg.out))
         record["lesions"] = _lesions_of(result.model, Path(cfg.out), data.test, device=resolve_device(device),
                                         batch_size=cfg.eval_batch_size, dataset=dataset, show_progress=show_progress,
-                                        name=TWINS[arch])
+                                        name=TWINS[arch], images=cfg.lesion_images)
         twins[arch] = record
     cfg = configs["resnet50"]
     steps = {str(r): n for r, n in sorted(_steps_per_resolution(twins["resnet50"]).items())}
