@@ -251,6 +251,11 @@ def test_the_twins_train_alike_and_their_losses_histories_and_lesions_ship_in_on
     assert again["twins"]["plain50"]["losses"] == b["losses"]
     assert again["twins"]["plain50"]["training_seconds"] == b["training_seconds"]
     assert again["twins"]["plain50"]["lesions"]["intact"] == 0.123, "the kept study, not a new one"
+    resized = twin.run_twins(tmp_path / "runs", tmp_path / "assets", epochs=2, images_per_epoch=40,
+                             data_path=str(tiny_cifar.archive), show_progress=False, resume=True,
+                             **{**overrides, "lesion_images": 3})
+    assert resized["twins"]["plain50"]["lesions"]["images"] == 3, "a kept study of another size is made again"
+    assert resized["twins"]["plain50"]["losses"] == b["losses"], "and the twin is not trained again"
 
 
 def test_the_twin_command_says_what_is_wrong_in_one_line(tmp_path, capsys):

@@ -68,6 +68,14 @@ class Split:
         return int(self.labels.shape[0])
 
 
+def eval_subset(n: int, size: int) -> np.ndarray:
+    """The fixed ``size`` of ``n`` rows (sorted) that the per-epoch evaluations and the lesion studies
+    see: one draw with EVAL_SUBSET_SEED, so equal sizes give equal images; all rows when there are fewer."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(EVAL_SUBSET_SEED).choice(n, size, replace=False))
+
+
 def sample_rows(labels: np.ndarray, per_class: int = SAMPLES_PER_CLASS) -> dict[str, int]:
     """``<class>_<k>.png`` -> row: the first ``per_class`` test images of each class, in class order.
 

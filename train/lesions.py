@@ -24,7 +24,7 @@ from resnet.files import atomic_write_json
 from resnet.model import ResNet, fuse_batchnorm
 
 from .augment import normalize
-from .data import EVAL_SUBSET_SEED, Split
+from .data import EVAL_SUBSET_SEED, Split, eval_subset
 from .hardware import processor_name
 from .inference import exact_float32, weights_command, weights_sha256_in
 
@@ -33,9 +33,7 @@ LESION_IMAGES = 2000
 
 def subset_rows(n_test: int, size: int = LESION_IMAGES) -> np.ndarray:
     """The fixed test images of every lesion study: all of them when there are fewer."""
-    if n_test <= size:
-        return np.arange(n_test)
-    return np.sort(np.random.default_rng(EVAL_SUBSET_SEED).choice(n_test, size, replace=False))
+    return eval_subset(n_test, size)
 
 
 def _batches(test: Split, rows: np.ndarray, device: torch.device, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

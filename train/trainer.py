@@ -67,7 +67,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig
-from .data import EVAL_SUBSET_SEED, Cifar10, load_cifar10, sample_rows
+from .data import Cifar10, eval_subset, load_cifar10, sample_rows
 from .export import export_run, portable_config
 from .hardware import bf16_pays, cpu_model, precision_name, processor_name
 from .inference import predict_logits, resolve_device
@@ -393,8 +393,7 @@ class Run:
         self.test_y = torch.from_numpy(evaluated.labels[eval_rows])
         self.eval_rows: Tensor | None = None
         if 0 < cfg.eval_images < len(eval_rows):
-            rows = np.random.default_rng(EVAL_SUBSET_SEED).choice(len(eval_rows), cfg.eval_images, replace=False)
-            self.eval_rows = torch.from_numpy(np.sort(rows))
+            self.eval_rows = torch.from_numpy(eval_subset(len(eval_rows), cfg.eval_images))
 
         # The replay, recorded by rank 0 only: the shipped samples, as the export picks them.
         self.recorder: ReplayRecorder | None = None

@@ -116,18 +116,19 @@ def run_twins(out: Path | str, to: Path | str, *, epochs: int = DEFAULT_EPOCHS,
     return asset
 
 
-def _lesions_of(model: Any, run_dir: Path, test: Any, *, name: str, **kwargs: Any) -> dict[str, Any]:
-    """The twin's lesion study, kept beside its checkpoint (and named by its sha256): a command run again
-    after a stop does not study a finished twin twice (~5-10 min each on a 2-core CPU)."""
+def _lesions_of(model: Any, run_dir: Path, test: Any, *, name: str, images: int, **kwargs: Any) -> dict[str, Any]:
+    """The twin's lesion study, kept beside its checkpoint (and named by its sha256 and its size): a command
+    run again after a stop does not study a finished twin twice (~5-10 min each on a 2-core CPU)."""
     kept = run_dir / LESIONS_FILE
     checkpoint = sha256_of(run_dir / CHECKPOINT_FILE)
     if kept.is_file():
         study = json.loads(kept.read_text())
-        if study.get("checkpoint_sha256") == checkpoint:
+        if study.get("checkpoint_sha256") == checkpoint and study.get("images") == min(images, len(test)):
             print(f"{name}: lesion study read from {kept}", flush=True)
             return study
     started = time.perf_counter()
-    study = {**study_of(model, test, desc=f"lesions of {name}", **kwargs), "checkpoint_sha256": checkpoint}
+    study = {**study_of(model, test, desc=f"lesions of {name}", images=images, **kwargs),
+             "checkpoint_sha256": checkpoint}
     atomic_write_json(kept, study)
     print(f"{name}: lesion study in {time.perf_counter() - started:.0f} s", flush=True)
     return study
