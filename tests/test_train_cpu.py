@@ -80,6 +80,7 @@ def test_the_plan_line_names_the_precision_and_how_long_the_run_takes_here(tiny_
         assert run.use_amp == (precision == "bf16 autocast")
         plan = run.plan()
         assert f" in {precision}" in plan and "expected here ~" in plan and "min of training" in plan, plan
+        assert plan.count(precision) == 1, plan  # named once, not again beside the estimate
 
 
 def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> dict[str, torch.Tensor]:

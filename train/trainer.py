@@ -593,7 +593,8 @@ class Run:
         if self.device.type != "cpu" or self.ctx.world > 1:
             return ""
         seconds = estimate_cpu_seconds(self.model, steps, self.cfg, self.use_amp)
-        return f"; expected here ~{seconds / 60:.0f} min of training ({self.precision}, measured on a few steps)"
+        # The plan line names the precision once already; the estimate was timed in it.
+        return f"; expected here ~{seconds / 60:.0f} min of training (timed on a few steps of each resolution)"
 
 
 # ----- the run ------------------------------------------------------------------------------
