@@ -58,6 +58,11 @@ def computed(model, data) -> atlas.Atlas:
     return atlas.compute_atlas(model, *data, batch_size=7)
 
 
+# The atlas runs batches of 7, the reference one batch of 30: float32 kernels differ by batch shape and by the
+# number of threads, and the differences grow through the stages (seen: 1.4e-5 relative in layer2 on one thread).
+RTOL, ATOL = 1e-4, 1e-5
+
+
 def brute_force_top(maps: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, values, cells) per channel by sorting every image: highest max first, earlier image on ties."""
     n, c = maps.shape[:2]
@@ -75,7 +80,7 @@ def test_top_images_are_the_brute_force_ranking_with_the_cell_of_the_maximum(com
         assert stage.grid == features[name].shape[2:]
         live = values[:, 0] > 0  # a dead channel's "top" rows are ties at 0, kept in test-set order
         np.testing.assert_array_equal(stage.top_rows, rows, err_msg=name)
-        np.testing.assert_allclose(stage.top_values, values, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(stage.top_values, values, rtol=RTOL, atol=ATOL, err_msg=name)
         np.testing.assert_array_equal(stage.top_cells[live], cells[live], err_msg=name)
 
 
@@ -85,8 +90,8 @@ def test_the_stored_cell_holds_the_stored_value_in_that_images_map(computed, fea
     for channel in (0, 17, 300):
         for row, value, cell in zip(stage.top_rows[channel], stage.top_values[channel], stage.top_cells[channel]):
             y, x = divmod(int(cell), w)
-            assert features["layer2"][row, channel, y, x] == pytest.approx(value, rel=1e-5, abs=1e-6)
-            assert features["layer2"][row, channel].max() == pytest.approx(value, rel=1e-5, abs=1e-6)
+            assert features["layer2"][row, channel, y, x] == pytest.approx(value, rel=RTOL, abs=ATOL)
+            assert features["layer2"][row, channel].max() == pytest.approx(value, rel=RTOL, abs=ATOL)
 
 
 def test_class_means_are_the_mean_of_each_classs_spatial_means(computed, features, data):
@@ -94,7 +99,7 @@ def test_class_means_are_the_mean_of_each_classs_spatial_means(computed, feature
     for name in FEATURE_NAMES:
         spatial = features[name].mean(axis=(2, 3))  # (N, C)
         expected = np.stack([spatial[labels == k].mean(axis=0) for k in range(NUM_CLASSES)], axis=1)
-        np.testing.assert_allclose(computed.stages[name].class_means, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(computed.stages[name].class_means, expected, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
 def test_dead_channels_are_those_never_positive_and_ship_no_images(computed, features):
