@@ -594,7 +594,7 @@ class Run:
             return ""
         seconds = estimate_cpu_seconds(self.model, steps, self.cfg, self.use_amp)
         # The plan line names the precision once already; the estimate was timed in it.
-        return f"; expected here ~{seconds / 60:.0f} min of training (timed on a few steps of each resolution)"
+        return f"; expected here ~{seconds / 60:.0f} min of training (one step timed at each resolution)"
 
 
 # ----- the run ------------------------------------------------------------------------------
