@@ -308,7 +308,9 @@ def _images_loaded(locator, n: int) -> None:
 
     expect(locator).to_have_count(n, timeout=30_000)
     for i in range(n):
-        expect(locator.nth(i)).to_have_js_property("complete", True)
+        # The same patience as the count: each image is one more request to a server that shares the two cores
+        # with Chromium and the other test worker (Playwright's default 5 s was seen to run out in CI).
+        expect(locator.nth(i)).to_have_js_property("complete", True, timeout=30_000)
         assert locator.nth(i).evaluate("img => img.naturalWidth") > 0
 
 
